@@ -1,0 +1,30 @@
+"""The management API (``/api``): a FastAPI app, so it publishes ``/api/openapi.json``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from tollway import __version__
+from tollway.api import setup, status
+from tollway.api.envelope import install_error_handlers
+from tollway.http import JSONResponse
+from tollway.middleware import JsonBodyMiddleware
+from tollway.runtime import Runtime
+
+
+def build_api(runtime: Runtime) -> FastAPI:
+    """The FastAPI app behind ``/api``; routes reach the process state through ``app.state.runtime``."""
+    api = FastAPI(
+        title="Tollway management API",
+        version=__version__,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+        default_response_class=JSONResponse,
+    )
+    api.state.runtime = runtime
+    install_error_handlers(api)
+    for module in (setup, status):
+        api.include_router(module.router)
+    api.add_middleware(JsonBodyMiddleware)
+    return api

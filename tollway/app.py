@@ -1,0 +1,97 @@
+"""``create_app(settings)`` builds the ASGI application; its lifespan owns every resource."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Mount, Route
+
+from tollway.api.app import build_api
+from tollway.errors import NotFound
+from tollway.middleware import BodyLimitMiddleware, SyncPointMiddleware
+from tollway.ops.logging import configure_logging
+from tollway.ops.request_id import RequestIdMiddleware
+from tollway.relay.routes import build_relay_routes, relay_error
+from tollway.runtime import Runtime
+from tollway.settings import Settings, load_settings
+
+log = logging.getLogger("tollway.app")
+
+_HOME = """<!doctype html><html><head><meta charset="utf-8"><title>Tollway</title></head>
+<body style="font-family:sans-serif;max-width:40em;margin:3em auto">
+<h1>Tollway is running</h1>
+<p>{setup_hint}</p>
+<ul>
+<li>OpenAI-compatible relay: <code>POST /v1/chat/completions</code> with <code>Authorization: Bearer sk-…</code></li>
+<li>Management API: <code>/api</code> (schema at <a href="/api/openapi.json">/api/openapi.json</a>)</li>
+<li>Status: <a href="/api/status">/api/status</a></li>
+</ul></body></html>"""
+
+
+def create_app(
+    settings: Settings, *, run_migrations: bool = False, runtime: Runtime | None = None
+) -> Starlette:
+    """Build the application. ``run_migrations`` applies migrations at start (single process only:
+    with several workers the CLI migrates once before starting them)."""
+    runtime = runtime or Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await runtime.start(run_migrations=run_migrations)
+        if not runtime.setup_done:
+            log.info(
+                "no root user yet: create one with POST http://127.0.0.1:%d/api/setup "
+                '(body {"username":…,"password":…,"confirmPassword":…})',
+                settings.port,
+            )
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    async def home(_request: Request) -> Response:
+        hint = (
+            "Set up: <code>POST /api/setup</code> creates the root user."
+            if not runtime.setup_done
+            else "Log in with <code>POST /api/user/login</code>."
+        )
+        return HTMLResponse(_HOME.format(setup_hint=hint))
+
+    async def unknown_path(request: Request) -> Response:
+        return relay_error(request, NotFound(f"Invalid URL ({request.method} {request.url.path})"))
+
+    app = Starlette(
+        routes=[
+            Route("/", home),
+            Mount("/api", app=build_api(runtime)),
+            *build_relay_routes(),
+            Route(
+                "/{path:path}",
+                unknown_path,
+                methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"],
+            ),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.add_middleware(SyncPointMiddleware, runtime=runtime)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def app_from_environment() -> Starlette:
+    """Factory for uvicorn workers: settings from the environment, secrets already ensured by the CLI."""
+    settings = load_settings().with_secrets()
+    configure_logging(
+        debug=settings.debug,
+        log_dir=settings.log_dir,
+        max_bytes=settings.log_max_bytes,
+        backups=settings.log_backup_count,
+    )
+    return create_app(settings)

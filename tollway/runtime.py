@@ -1,0 +1,76 @@
+"""Everything one process holds while it serves: settings, databases, caches, background jobs.
+
+``create_app`` builds one :class:`Runtime`; the lifespan starts and stops it. State lives here,
+never in module globals, so tests can run several apps side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import func, select
+
+from tollway.db.engine import Database
+from tollway.db.migrate import migrate
+from tollway.db.models import Setup, User
+from tollway.db.models.user import ROLE_ROOT
+from tollway.node_sync import NodeCounters
+from tollway.options import REGISTRY, Options
+from tollway.settings import Settings
+
+log = logging.getLogger("tollway.runtime")
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, counters: NodeCounters | None = None) -> None:
+        self.settings = settings
+        self.db = Database(settings)
+        self.counters = counters or NodeCounters.from_environment()
+        self.options = Options(REGISTRY, self.db, self.counters)
+        self.started_at = int(time.time())
+        self.setup_done = False
+        self._jobs: list[asyncio.Task[None]] = []
+
+    async def start(self, *, run_migrations: bool) -> None:
+        await self.db.check_reachable()
+        if run_migrations:
+            await migrate(self.db)
+        await self.options.load()
+        await self.refresh_setup_state()
+        self.every(self.settings.sync_frequency, self.options.load, "options re-sync")
+
+    async def stop(self) -> None:
+        for job in self._jobs:
+            job.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+        self._jobs.clear()
+        await self.db.dispose()
+
+    async def refresh_setup_state(self) -> bool:
+        """True once a root user exists. Cached: only checked again while still false."""
+        if not self.setup_done:
+            async with self.db.session() as session:
+                roots = await session.scalar(
+                    select(func.count()).select_from(User).where(User.role == ROLE_ROOT)
+                )
+                marked = await session.scalar(select(func.count()).select_from(Setup))
+            self.setup_done = bool(roots) or bool(marked)
+        return self.setup_done
+
+    def every(self, seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
+        """Run ``job`` every ``seconds`` until stop; a failing run is logged and retried next time."""
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                try:
+                    await job()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("background job %s failed", name)
+
+        self._jobs.append(asyncio.create_task(loop(), name=name))
