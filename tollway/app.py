@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tollway.api.app import build_api
 from tollway.errors import NotFound
@@ -33,9 +34,43 @@ _HOME = """<!doctype html><html><head><meta charset="utf-8"><title>Tollway</titl
 </ul></body></html>"""
 
 
+class TollwayApp:
+    """The ASGI entry point: ``/api…`` goes to the management API, everything else to the relay.
+
+    Dispatching on the path prefix here (instead of mounting) keeps ``/api`` paths whole in the
+    OpenAPI schema and keeps the relay's route lookup short. Every request passes the request-id,
+    body-limit and sync-point middleware first.
+    """
+
+    def __init__(self, *, relay: Starlette, api: ASGIApp, runtime: Runtime) -> None:
+        self.relay = relay
+        self.api = api
+        self.runtime = runtime
+        self.router = relay.router  # lifespan_context, for tests and embedding
+        self.state = relay.state
+        self._stack: ASGIApp = RequestIdMiddleware(
+            BodyLimitMiddleware(
+                SyncPointMiddleware(self._dispatch, runtime), runtime.settings.max_request_body_bytes
+            )
+        )
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if path.startswith("/api/") or path == "/api":
+            await self.api(scope, receive, send)
+        else:
+            await self.relay(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.relay(scope, receive, send)
+        else:
+            await self._stack(scope, receive, send)
+
+
 def create_app(
     settings: Settings, *, run_migrations: bool = False, runtime: Runtime | None = None
-) -> Starlette:
+) -> TollwayApp:
     """Build the application. ``run_migrations`` applies migrations at start (single process only:
     with several workers the CLI migrates once before starting them)."""
     runtime = runtime or Runtime(settings)
@@ -65,10 +100,9 @@ def create_app(
     async def unknown_path(request: Request) -> Response:
         return relay_error(request, NotFound(f"Invalid URL ({request.method} {request.url.path})"))
 
-    app = Starlette(
+    relay = Starlette(
         routes=[
             Route("/", home),
-            Mount("/api", app=build_api(runtime)),
             *build_relay_routes(),
             Route(
                 "/{path:path}",
@@ -78,14 +112,12 @@ def create_app(
         ],
         lifespan=lifespan,
     )
-    app.state.runtime = runtime
-    app.add_middleware(SyncPointMiddleware, runtime=runtime)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_body_bytes)
-    app.add_middleware(RequestIdMiddleware)
+    relay.state.runtime = runtime
+    app = TollwayApp(relay=relay, api=build_api(runtime), runtime=runtime)
     return app
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> TollwayApp:
     """Factory for uvicorn workers: settings from the environment, secrets already ensured by the CLI."""
     settings = load_settings().with_secrets()
     configure_logging(

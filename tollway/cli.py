@@ -77,8 +77,9 @@ def serve(port: int | None, host: str | None, workers: int | None, log_dir: str 
     """Run the gateway (applies migrations first on a master node)."""
     import uvicorn
 
-    settings = _settings(port=port, host=host, workers=workers, log_dir=log_dir).with_secrets()
+    settings = _settings(port=port, host=host, workers=workers, log_dir=log_dir)
     asyncio.run(_prepare_database(settings, run_migrations=settings.is_master))
+    settings = settings.with_secrets()
     # Workers read their settings from the environment: hand them what the command line decided.
     os.environ.update(
         {

@@ -10,10 +10,6 @@ from tollway.ops.logging import request_id_var
 from tollway.runtime import Runtime
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimitMiddleware:
     """Refuse a body over ``limit`` bytes with 413: at once from ``Content-Length``, otherwise as
     soon as the streamed body passes the limit (the body is never read whole first)."""
@@ -37,28 +33,37 @@ class BodyLimitMiddleware:
                     return
                 break
         received = 0
-        started = False
+        started = refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            # Over the limit: answer 413 ourselves and tell the app the client went away, so no
+            # framework can turn the refusal into a parse error.
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise _BodyTooLarge
+                    refused = True
+                    if not started:
+                        await self._refuse(scope, send)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._refuse(scope, send)
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         error = PayloadTooLarge(f"request body larger than {self.limit // (1024 * 1024)} MB")

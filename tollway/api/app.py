@@ -17,14 +17,14 @@ def build_api(runtime: Runtime) -> FastAPI:
     api = FastAPI(
         title="Tollway management API",
         version=__version__,
-        openapi_url="/openapi.json",
-        docs_url="/docs",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
         redoc_url=None,
         default_response_class=JSONResponse,
     )
     api.state.runtime = runtime
     install_error_handlers(api)
     for module in (setup, status):
-        api.include_router(module.router)
+        api.include_router(module.router, prefix="/api")
     api.add_middleware(JsonBodyMiddleware)
     return api

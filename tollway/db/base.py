@@ -40,4 +40,4 @@ class Timestamps:
 class SoftDelete:
     """``deleted_at``: rows with a value are deleted for every reader except admin lists that ask."""
 
-    deleted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)

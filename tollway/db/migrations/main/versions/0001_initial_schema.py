@@ -151,6 +151,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_redemptions")),
     )
     with op.batch_alter_table("redemptions", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_redemptions_deleted_at"), ["deleted_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_redemptions_is_gift"), ["is_gift"], unique=False)
         batch_op.create_index(batch_op.f("ix_redemptions_key_value"), ["key_value"], unique=True)
         batch_op.create_index(batch_op.f("ix_redemptions_name"), ["name"], unique=False)
@@ -232,6 +233,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
     )
     with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_users_deleted_at"), ["deleted_at"], unique=False)
         batch_op.create_index("idx_users_email_status", ["email", "status"], unique=False)
         batch_op.create_index("idx_users_username_status", ["username", "status"], unique=False)
         batch_op.create_index(batch_op.f("ix_users_access_token"), ["access_token"], unique=True)
@@ -322,6 +324,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tokens")),
     )
     with op.batch_alter_table("tokens", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_tokens_deleted_at"), ["deleted_at"], unique=False)
         batch_op.create_index("idx_tokens_key_status", ["key_hash", "status"], unique=False)
         batch_op.create_index("idx_tokens_user_status", ["user_id", "status"], unique=False)
         batch_op.create_index(batch_op.f("ix_tokens_key_hash"), ["key_hash"], unique=True)
