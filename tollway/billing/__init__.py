@@ -1,0 +1,1 @@
+"""Billing: model prices and ratios, and the quota they turn token counts into."""
