@@ -1,6 +1,7 @@
 """Every table, importable from one place (Alembic and the schema tests read the metadata)."""
 
 from tollway.db.models.channel import Ability, Channel
+from tollway.db.models.lease import LeaseHolder, QuotaLease
 from tollway.db.models.log import Log
 from tollway.db.models.option import Option
 from tollway.db.models.quota_data import QuotaData
@@ -14,10 +15,12 @@ from tollway.db.models.user import User
 __all__ = [
     "Ability",
     "Channel",
+    "LeaseHolder",
     "Log",
     "Midjourney",
     "Option",
     "QuotaData",
+    "QuotaLease",
     "Redemption",
     "RedemptionLog",
     "Setup",

@@ -1,0 +1,402 @@
+"""The balance store: reserve, settle and refund quota without a database round trip per request.
+
+Each worker process holds *leases*: slices of a user's ``quota`` (or a limited token's
+``remain_quota``) moved into its custody by one conditional SQL update (``quota >= slice``), in the
+same transaction that records the lease in ``quota_leases``. Requests reserve from the lease in
+memory; settlement adjusts it in memory; the log writer's batch transaction turns settled charges
+into durable changes (lease amount down, ``used_quota`` and ``request_count`` up) together with the
+log rows that explain them. So at every commit, for every account::
+
+    balance column + Σ lease amounts + Σ consume-log quota  ==  constant (apart from credits/debits)
+
+and a balance never goes below zero except by the settlement difference of in-flight requests.
+
+In memory, per account, ``available == lease amount in the database − reserved − settled but not
+yet flushed``; every operation below keeps that equation true without waiting for a commit.
+
+Leases are returned when idle, on shutdown, on a release signal from a worker that ran short, and —
+for a process that died — by whoever notices its heartbeat stopped. See docs/adr/0003.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tollway.db.engine import Database
+from tollway.db.models import Channel, LeaseHolder, QuotaLease, Token, User
+from tollway.db.models.lease import ACCOUNT_TOKEN, ACCOUNT_USER
+from tollway.usage.records import Charge
+
+log = logging.getLogger("tollway.billing.balances")
+
+HEARTBEAT_EXPIRY = 90  # seconds without a heartbeat before another process reclaims a holder's leases
+
+
+class InsufficientQuota(Exception):
+    """The account cannot cover the reservation: ``kind`` is ACCOUNT_USER or ACCOUNT_TOKEN."""
+
+    def __init__(self, kind: int, needed: int) -> None:
+        super().__init__(f"insufficient {'user' if kind == ACCOUNT_USER else 'token'} quota: needs {needed}")
+        self.kind = kind
+        self.needed = needed
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    user_id: int
+    token_id: int | None  # None: an unlimited token, whose balance is not tracked
+    amount: int
+
+
+@dataclass
+class _Account:
+    kind: int
+    id: int
+    available: int = 0
+    reserved: int = 0
+    last_used: float = 0.0
+    balance_hint: int = 0  # the balance column as last seen, to size the next lease
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def make_holder_id() -> str:
+    return f"{socket.gethostname()[:48]}:{os.getpid()}:{time.time_ns() // 1_000_000}:{secrets.token_hex(3)}"
+
+
+def _balance_column(kind: int) -> tuple[type[User] | type[Token], str]:
+    return (User, "quota") if kind == ACCOUNT_USER else (Token, "remain_quota")
+
+
+class LeaseBalanceStore:
+    """Authoritative balances for this process, backed by leases in the main database."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        holder: str | None = None,
+        fraction: float = 0.25,
+        max_slice: int = 25_000_000,
+        idle_seconds: float = 30.0,
+    ) -> None:
+        self._db = db
+        self.holder = holder or make_holder_id()
+        self._fraction = fraction
+        self._max_slice = max_slice
+        self._idle_seconds = idle_seconds
+        self._accounts: dict[tuple[int, int], _Account] = {}
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        now = int(time.time())
+        async with self._db.session() as session, session.begin():
+            await session.execute(
+                insert(LeaseHolder).values(holder=self.holder, started_at=now, heartbeat_at=now)
+            )
+        await self.reclaim_expired()
+
+    async def stop(self) -> None:
+        """Return every lease. Call after the log writer's final flush."""
+        for account in list(self._accounts.values()):
+            await self._return(account)
+        async with self._db.session() as session, session.begin():
+            await session.execute(delete(LeaseHolder).where(LeaseHolder.holder == self.holder))
+
+    # ----- the hot path ----------------------------------------------------------------------
+
+    def _account(self, kind: int, account_id: int, hint: int) -> _Account:
+        account = self._accounts.get((kind, account_id))
+        if account is None:
+            account = self._accounts[(kind, account_id)] = _Account(kind, account_id, balance_hint=hint)
+        return account
+
+    def available(self, kind: int, account_id: int) -> int:
+        account = self._accounts.get((kind, account_id))
+        return account.available if account else 0
+
+    def estimate(self, kind: int, account_id: int, snapshot: int) -> int:
+        """A best guess of the account's spendable balance (for the trust shortcut and messages)."""
+        account = self._accounts.get((kind, account_id))
+        if account is None:
+            return snapshot
+        return max(account.balance_hint, 0) + account.available
+
+    async def reserve(
+        self, user_id: int, token_id: int | None, amount: int, *, user_hint: int, token_hint: int = 0
+    ) -> Reservation:
+        """Set ``amount`` aside on the token (when limited) and the user, or raise InsufficientQuota."""
+        now = time.monotonic()
+        token = self._account(ACCOUNT_TOKEN, token_id, token_hint) if token_id is not None else None
+        user = self._account(ACCOUNT_USER, user_id, user_hint)
+        if token is not None:
+            await self._take_from(token, amount, now)
+        try:
+            await self._take_from(user, amount, now)
+        except InsufficientQuota:
+            if token is not None:
+                token.available += amount
+                token.reserved -= amount
+            raise
+        return Reservation(user_id, token_id, amount)
+
+    async def _take_from(self, account: _Account, amount: int, now: float) -> None:
+        account.last_used = now
+        if account.available < amount:
+            await self._acquire(account, amount)
+        account.available -= amount
+        account.reserved += amount
+
+    def settle(self, reservation: Reservation, cost: int) -> None:
+        """The request finished: it cost ``cost`` (0 for a refund). Durable via the log writer."""
+        delta = reservation.amount - cost
+        user = self._accounts[(ACCOUNT_USER, reservation.user_id)]
+        user.reserved -= reservation.amount
+        user.available += delta
+        if reservation.token_id is not None:
+            token = self._accounts[(ACCOUNT_TOKEN, reservation.token_id)]
+            token.reserved -= reservation.amount
+            token.available += delta
+
+    def refund(self, reservation: Reservation) -> None:
+        self.settle(reservation, 0)
+
+    # ----- leases ----------------------------------------------------------------------------
+
+    def _slice(self, account: _Account, shortfall: int) -> int:
+        spare = int(max(account.balance_hint - shortfall, 0) * self._fraction)
+        return shortfall + min(spare, self._max_slice)
+
+    async def _acquire(self, account: _Account, need: int) -> None:
+        async with account.lock:
+            shortfall = need - account.available
+            if shortfall <= 0:
+                return  # another request refilled the lease while we waited
+            for amount in dict.fromkeys((self._slice(account, shortfall), shortfall)):
+                if await self._take_lease(account, amount):
+                    account.available += amount
+                    return
+        raise InsufficientQuota(account.kind, need)
+
+    async def _take_lease(self, account: _Account, amount: int) -> bool:
+        model, column = _balance_column(account.kind)
+        balance = getattr(model, column)
+        now = int(time.time())
+        async with self._db.session() as session, session.begin():
+            taken = await session.execute(
+                update(model)
+                .where(model.id == account.id, balance >= amount)
+                .values({column: balance - amount})
+                .execution_options(synchronize_session=False)
+            )
+            remaining = await session.scalar(select(balance).where(model.id == account.id))
+            account.balance_hint = int(remaining or 0)
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            await self._add_to_lease(session, account, amount, now)
+        return True
+
+    async def _add_to_lease(self, session: AsyncSession, account: _Account, amount: int, now: int) -> None:
+        changed = await session.execute(
+            update(QuotaLease)
+            .where(
+                QuotaLease.holder == self.holder,
+                QuotaLease.account_kind == account.kind,
+                QuotaLease.account_id == account.id,
+            )
+            .values(amount=QuotaLease.amount + amount, updated_at=now)
+        )
+        if changed.rowcount == 0:  # type: ignore[attr-defined]
+            await session.execute(
+                insert(QuotaLease).values(
+                    holder=self.holder,
+                    account_kind=account.kind,
+                    account_id=account.id,
+                    amount=amount,
+                    updated_at=now,
+                )
+            )
+
+    async def _return(self, account: _Account) -> int:
+        """Give the lease back to the balance column. Returns the amount moved (may be negative:
+        a debt from settlements beyond the lease)."""
+        model, column = _balance_column(account.kind)
+        balance = getattr(model, column)
+        where_lease = (
+            QuotaLease.holder == self.holder,
+            QuotaLease.account_kind == account.kind,
+            QuotaLease.account_id == account.id,
+        )
+        async with account.lock:
+            async with self._db.session() as session, session.begin():
+                # Lock order everywhere: the balance row, then the lease row.
+                await session.execute(
+                    update(model).where(model.id == account.id).values({column: balance + 0})
+                )
+                amount = await session.scalar(select(QuotaLease.amount).where(*where_lease).with_for_update())
+                if amount is None:
+                    return 0
+                await session.execute(
+                    update(model).where(model.id == account.id).values({column: balance + amount})
+                )
+                await session.execute(delete(QuotaLease).where(*where_lease))
+            # The account object stays: requests in flight hold references to it.
+            account.available -= amount
+            account.balance_hint += amount
+            return int(amount)
+
+    async def return_idle(self, now: float | None = None) -> int:
+        """Return the leases of accounts unused for ``idle_seconds`` (a periodic job)."""
+        now = time.monotonic() if now is None else now
+        idle = [
+            a for a in self._accounts.values() if a.reserved == 0 and now - a.last_used >= self._idle_seconds
+        ]
+        for account in idle:
+            await self._return(account)
+        return len(idle)
+
+    async def return_all_idle(self) -> None:
+        """Another worker ran short: hand back everything not reserved right now."""
+        await self.return_idle(now=float("inf"))
+
+    async def heartbeat(self) -> None:
+        async with self._db.session() as session, session.begin():
+            alive = await session.execute(
+                update(LeaseHolder)
+                .where(LeaseHolder.holder == self.holder)
+                .values(heartbeat_at=int(time.time()))
+            )
+            if alive.rowcount == 0:  # type: ignore[attr-defined]
+                self._forget_reclaimed_leases()
+                now = int(time.time())
+                await session.execute(
+                    insert(LeaseHolder).values(holder=self.holder, started_at=now, heartbeat_at=now)
+                )
+
+    def _forget_reclaimed_leases(self) -> None:
+        """Our holder row vanished (we stalled and someone reclaimed our leases): whatever we
+        thought we held was given back, so start from nothing; in-flight reservations become debt."""
+        log.warning("quota leases of %s were reclaimed by another process; re-acquiring", self.holder)
+        for account in self._accounts.values():
+            account.available = -account.reserved
+
+    async def reclaim_expired(self, now: int | None = None) -> int:
+        """Return the leases of holders whose heartbeat stopped (crashed workers)."""
+        now = int(time.time()) if now is None else now
+        async with self._db.session() as session:
+            dead = (
+                await session.scalars(
+                    select(LeaseHolder.holder).where(LeaseHolder.heartbeat_at < now - HEARTBEAT_EXPIRY)
+                )
+            ).all()
+        for holder in dead:
+            async with self._db.session() as session, session.begin():
+                for kind in (ACCOUNT_USER, ACCOUNT_TOKEN):
+                    model, column = _balance_column(kind)
+                    owed = (
+                        select(func.coalesce(func.sum(QuotaLease.amount), 0))
+                        .where(QuotaLease.holder == holder, QuotaLease.account_kind == kind)
+                        .where(QuotaLease.account_id == model.id)
+                        .scalar_subquery()
+                    )
+                    held = select(QuotaLease.account_id).where(
+                        QuotaLease.holder == holder, QuotaLease.account_kind == kind
+                    )
+                    await session.execute(
+                        update(model)
+                        .where(model.id.in_(held))
+                        .values({column: getattr(model, column) + owed})
+                        .execution_options(synchronize_session=False)
+                    )
+                await session.execute(delete(QuotaLease).where(QuotaLease.holder == holder))
+                await session.execute(delete(LeaseHolder).where(LeaseHolder.holder == holder))
+            log.warning("returned the quota leases of %s, which stopped sending heartbeats", holder)
+        return len(dead)
+
+    # ----- durable settlement (inside the log writer's transaction) ---------------------------
+
+    async def apply(self, session: AsyncSession, charges: Sequence[Charge]) -> None:
+        users: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # used, requests
+        tokens: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # used, limited spent
+        channels: dict[int, int] = defaultdict(int)
+        for charge in charges:
+            entry = users[charge.user_id]
+            entry[0] += charge.quota
+            entry[1] += 1 if charge.count_request else 0
+            if charge.token_id:
+                tokens[charge.token_id][0] += charge.quota
+                if charge.token_limited:
+                    tokens[charge.token_id][1] += charge.quota
+            if charge.channel_id:
+                channels[charge.channel_id] += charge.quota
+        now = int(time.time())
+        for user_id in sorted(users):
+            used, requests = users[user_id]
+            await session.execute(
+                update(User)
+                .where(User.id == user_id)
+                .values(used_quota=User.used_quota + used, request_count=User.request_count + requests)
+            )
+            await self._spend_lease(session, ACCOUNT_USER, user_id, used, now)
+        for token_id in sorted(tokens):
+            used, spent = tokens[token_id]
+            await session.execute(
+                update(Token)
+                .where(Token.id == token_id)
+                .values(used_quota=Token.used_quota + used, accessed_time=now)
+            )
+            if spent:
+                await self._spend_lease(session, ACCOUNT_TOKEN, token_id, spent, now)
+        for channel_id in sorted(channels):
+            await session.execute(
+                update(Channel)
+                .where(Channel.id == channel_id)
+                .values(used_quota=Channel.used_quota + channels[channel_id])
+            )
+        await session.execute(
+            update(LeaseHolder).where(LeaseHolder.holder == self.holder).values(heartbeat_at=now)
+        )
+
+    async def _spend_lease(
+        self, session: AsyncSession, kind: int, account_id: int, amount: int, now: int
+    ) -> None:
+        if not amount:
+            return
+        spent = await session.execute(
+            update(QuotaLease)
+            .where(
+                QuotaLease.holder == self.holder,
+                QuotaLease.account_kind == kind,
+                QuotaLease.account_id == account_id,
+            )
+            .values(amount=QuotaLease.amount - amount, updated_at=now)
+        )
+        if spent.rowcount == 0:  # type: ignore[attr-defined]
+            # The lease was returned (or reclaimed) before this charge was flushed: debit directly.
+            model, column = _balance_column(kind)
+            await session.execute(
+                update(model).where(model.id == account_id).values({column: getattr(model, column) - amount})
+            )
+
+
+async def leased_amounts(session: AsyncSession, kind: int, account_ids: Sequence[int]) -> dict[int, int]:
+    """Quota held in leases per account: add it to the balance column to show a balance exactly."""
+    if not account_ids:
+        return {}
+    rows = await session.execute(
+        select(QuotaLease.account_id, func.sum(QuotaLease.amount))
+        .where(QuotaLease.account_kind == kind, QuotaLease.account_id.in_(account_ids))
+        .group_by(QuotaLease.account_id)
+    )
+    return {int(account_id): int(total or 0) for account_id, total in rows.all()}
