@@ -103,7 +103,7 @@ def create_app(
     relay = Starlette(
         routes=[
             Route("/", home),
-            *build_relay_routes(),
+            *build_relay_routes(runtime.relay),
             Route(
                 "/{path:path}",
                 unknown_path,

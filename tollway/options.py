@@ -207,6 +207,9 @@ OIDC_AUTHORIZATION_ENDPOINT = REGISTRY.declare("oidc.authorization_endpoint", ""
 TURNSTILE_CHECK_ENABLED = REGISTRY.declare("TurnstileCheckEnabled", False)
 TURNSTILE_SITE_KEY = REGISTRY.declare("TurnstileSiteKey", "")
 CHECK_IN_ENABLED = REGISTRY.declare("CheckInEnabled", False)
+USER_USABLE_GROUPS: OptionSpec[dict[str, Any]] = REGISTRY.declare(
+    "UserUsableGroups", {"default": "default group", "vip": "vip group"}
+)
 
 # ----- money and display -----------------------------------------------------------------
 QUOTA_PER_UNIT = REGISTRY.declare("QuotaPerUnit", 500_000.0, _non_negative)

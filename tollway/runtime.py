@@ -19,6 +19,7 @@ from tollway.db.models import Setup, User
 from tollway.db.models.user import ROLE_ROOT
 from tollway.node_sync import NodeCounters
 from tollway.options import REGISTRY, Options
+from tollway.relay.service import RelayService
 from tollway.settings import Settings
 
 log = logging.getLogger("tollway.runtime")
@@ -30,6 +31,7 @@ class Runtime:
         self.db = Database(settings)
         self.counters = counters or NodeCounters.from_environment()
         self.options = Options(REGISTRY, self.db, self.counters)
+        self.relay = RelayService(settings, self.db, self.options, self.counters)
         self.started_at = int(time.time())
         self.setup_done = False
         self._jobs: list[asyncio.Task[None]] = []
@@ -40,14 +42,24 @@ class Runtime:
             await migrate(self.db)
         await self.options.load()
         await self.refresh_setup_state()
-        self.every(self.settings.sync_frequency, self.options.load, "options re-sync")
+        await self.relay.start()
+        frequency = self.settings.sync_frequency
+        self.every(frequency, self.options.load, "options re-sync")
+        self.every(frequency, self.relay.channels.reload, "channel re-sync")
+        self.every(10, self.relay.lease_maintenance, "quota lease heartbeat")
+        self.every(60, self.relay.balances.reclaim_expired, "reclaim leases of dead workers")
+        self._jobs.append(asyncio.create_task(self.relay.rollup_job(), name="quota_data rollup"))
 
     async def stop(self) -> None:
+        """Called after the server finished its in-flight requests: drains and flushes everything."""
         for job in self._jobs:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
         self._jobs.clear()
-        await self.db.dispose()
+        try:
+            await self.relay.stop()
+        finally:
+            await self.db.dispose()
 
     async def refresh_setup_state(self) -> bool:
         """True once a root user exists. Cached: only checked again while still false."""

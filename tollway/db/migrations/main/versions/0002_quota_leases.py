@@ -28,7 +28,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_quota_leases")),
     )
     op.create_index(
-        "uq_quota_leases_holder_account", "quota_leases", ["holder", "account_kind", "account_id"], unique=True
+        "uq_quota_leases_holder_account",
+        "quota_leases",
+        ["holder", "account_kind", "account_id"],
+        unique=True,
     )
     op.create_index("idx_quota_leases_account", "quota_leases", ["account_kind", "account_id"])
     op.create_table(

@@ -1,0 +1,453 @@
+"""The relay pipeline: auth → price → reserve → route → forward → meter → settle → log.
+
+The engine does not import the web framework: the HTTP layer turns a request into an
+:class:`Incoming` and writes back the :class:`Reply` or :class:`StreamReply` it gets. Every request
+that passes authentication and validation ends in exactly one log row (consume or error), and its
+reservation is settled (charged) or refunded exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from tollway.billing.balances import InsufficientQuota, LeaseBalanceStore, Reservation
+from tollway.billing.pricing import (
+    PRE_CONSUMED_QUOTA,
+    Price,
+    PriceTableCache,
+    apply_trust_shortcut,
+    reserve_quota,
+)
+from tollway.db.models.lease import ACCOUNT_TOKEN, ACCOUNT_USER
+from tollway.errors import Forbidden, InternalError, ServiceUnavailable, TollwayError, UpstreamError
+from tollway.ops.masking import mask_sensitive
+from tollway.options import QUOTA_PER_UNIT, RETRY_TIMES, SELF_USE_MODE_ENABLED, Options
+from tollway.providers.base import Provider, RelayRequest, UpstreamFailure, Usage
+from tollway.providers.registry import ProviderRegistry
+from tollway.relay.accounts import AccountCache
+from tollway.relay.auth import Caller, authenticate
+from tollway.relay.channel import ChannelSnapshot
+from tollway.relay.channel_cache import ChannelCache
+from tollway.relay.health import ChannelHealth, FailureKind, classify
+from tollway.relay.incoming import Incoming, Reply, StreamReply
+from tollway.relay.outcome import Outcome, billing_for, completion_usage
+from tollway.relay.requests import RouteSpec, parse_relay_request, requested_max_tokens
+from tollway.relay.routing import KeyPicker, map_status, should_retry
+from tollway.relay.streaming import StreamRelay, StreamTooLarge
+from tollway.relay.tokenizer import CompletionCounter
+from tollway.relay.upstream import HOP_BY_HOP, UpstreamClient, UpstreamTimeout
+from tollway.usage.log_writer import LogWriter
+
+log = logging.getLogger("tollway.relay")
+
+SATURATED = "the upstream channels of this group are saturated; please retry later"
+SSE_HEADERS = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+]
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What the last failed attempt left behind, to answer the client when no channel succeeds."""
+
+    status: int = 0
+    failure: UpstreamFailure | None = None
+    error: TollwayError | None = None
+    tried: list[int] = field(default_factory=list)
+
+
+class RelayEngine:
+    def __init__(
+        self,
+        *,
+        options: Options,
+        accounts: AccountCache,
+        channels: ChannelCache,
+        balances: LeaseBalanceStore,
+        writer: LogWriter,
+        providers: ProviderRegistry,
+        upstream: UpstreamClient,
+        health: ChannelHealth,
+        on_channel_failure: Callable[[ChannelSnapshot, str], None],
+    ) -> None:
+        self.options = options
+        self.accounts = accounts
+        self.channels = channels
+        self.balances = balances
+        self.writer = writer
+        self.providers = providers
+        self.upstream = upstream
+        self.health = health
+        self.prices = PriceTableCache()
+        self.keys = KeyPicker()
+        self._on_channel_failure = on_channel_failure
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def drain(self) -> None:
+        """Wait for log submissions that were waiting for room in the queue."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def sync(self) -> None:
+        """Apply what other workers changed before handling a request (cheap when nothing did)."""
+        self.accounts.sync()
+        if self.channels.stale:
+            await self.channels.reload()
+
+    # ----- the pipeline ----------------------------------------------------------------------
+
+    async def relay(
+        self, incoming: Incoming, spec: RouteSpec, *, path_model: str | None = None
+    ) -> Reply | StreamReply:
+        await self.sync()
+        caller = await authenticate(incoming, self.accounts, self.balances, self.options, self.prices)
+        request, prompt_tokens = parse_relay_request(
+            spec,
+            method=incoming.method,
+            body=incoming.body,
+            content_type=incoming.headers.get("content-type", ""),
+            query=incoming.query,
+            path_model=path_model,
+        )
+        caller.check_model(request.model)
+        outcome = Outcome(incoming, caller, request, prompt_tokens, started=time.monotonic())
+        price = self._price(request.model, caller.group)
+        outcome.price = price
+        reservation = await self._reserve(caller, price, prompt_tokens, request)
+        try:
+            result = await self._forward(outcome, reservation)
+        except TollwayError as error:
+            self.balances.refund(reservation)
+            self._log_error(outcome, error)
+            raise
+        except BaseException as error:  # cancelled (client gone) or a bug: never keep the reservation
+            self.balances.refund(reservation)
+            self._log_error(outcome, InternalError(f"request aborted: {type(error).__name__}"))
+            raise
+        return result
+
+    def _price(self, model: str, group: str) -> Price:
+        table = self.prices.get(self.options)
+        price = table.price_for(
+            model,
+            group,
+            self.options.get(QUOTA_PER_UNIT),
+            self_use_mode=self.options.get(SELF_USE_MODE_ENABLED),
+        )
+        if price is None:
+            raise InternalError(
+                f"model {model} has no price: an administrator must set its ratio or price",
+                code="model_price_error",
+            )
+        return price
+
+    async def _reserve(
+        self, caller: Caller, price: Price, prompt_tokens: int, request: RelayRequest
+    ) -> Reservation:
+        amount = reserve_quota(
+            price, prompt_tokens, requested_max_tokens(request), self.options.get(PRE_CONSUMED_QUOTA)
+        )
+        user_balance = self.balances.estimate(ACCOUNT_USER, caller.user.id, caller.user.quota)
+        if user_balance <= 0:
+            raise Forbidden("insufficient user quota", code="insufficient_user_quota")
+        token_id = None if caller.token.unlimited else caller.token.id
+        token_balance = (
+            None
+            if token_id is None
+            else self.balances.estimate(ACCOUNT_TOKEN, caller.token.id, caller.token.remain_quota)
+        )
+        amount = apply_trust_shortcut(amount, user_balance, token_balance)
+        try:
+            return await self.balances.reserve(
+                caller.user.id,
+                token_id,
+                amount,
+                user_hint=caller.user.quota,
+                token_hint=caller.token.remain_quota,
+            )
+        except InsufficientQuota as short:
+            if short.kind == ACCOUNT_TOKEN:
+                raise Forbidden(
+                    f"token quota is not enough for this request (needs {amount})",
+                    code="pre_consume_token_quota_failed",
+                ) from None
+            raise Forbidden(
+                f"insufficient user quota (this request needs {amount})", code="insufficient_user_quota"
+            ) from None
+
+    async def _forward(self, outcome: Outcome, reservation: Reservation) -> Reply | StreamReply:
+        caller, request = outcome.caller, outcome.request
+        attempts = 1 if caller.pin is not None else self.options.get(RETRY_TIMES) + 1
+        last = _Attempt(tried=outcome.tried)
+        for _ in range(attempts):
+            channel = self._next_channel(caller, request.model, outcome.tried)
+            if channel is None:
+                break
+            outcome.tried.append(channel.id)
+            provider = self.providers.get(channel.type)
+            if provider is None:
+                last.error = UpstreamError(
+                    f"channel #{channel.id} uses an upstream dialect Tollway does not speak yet"
+                )
+                continue
+            reply = await self._attempt(outcome, reservation, channel, provider, last)
+            if reply is not None:
+                return reply
+            if not self._retryable(last, channel, caller.pin is not None):
+                break
+        raise self._final_error(outcome, last)
+
+    def _next_channel(self, caller: Caller, model: str, tried: list[int]) -> ChannelSnapshot | None:
+        if caller.pin is not None:
+            channel = self.channels.by_id.get(caller.pin)
+            if channel is None or channel.status != 1:
+                raise Forbidden(f"channel #{caller.pin} does not exist or is disabled")
+            return None if tried else channel
+        return self.channels.selector.select(caller.group, model, tried)
+
+    def _retryable(self, last: _Attempt, channel: ChannelSnapshot, pinned: bool) -> bool:
+        if last.error is not None and last.failure is None and last.status == 0:
+            return True  # no usable provider / invalid answer: try another channel
+        return should_retry(
+            last.failure,
+            status=last.status,
+            local=False,
+            pinned=pinned,
+            channel_type=channel.type,
+            timed_out=last.status == 0,
+        )
+
+    async def _attempt(
+        self,
+        outcome: Outcome,
+        reservation: Reservation,
+        channel: ChannelSnapshot,
+        provider: Provider,
+        last: _Attempt,
+    ) -> Reply | StreamReply | None:
+        """One upstream call. Returns the reply on success; on failure records it in ``last``."""
+        request = outcome.request
+        _, key = self.keys.pick(channel)
+        upstream_request = provider.build_request(channel, key, request)
+        outcome.upstream_model = channel.upstream_model(request.model)
+        try:
+            response = await self.upstream.send(upstream_request)
+        except UpstreamTimeout:
+            self._failed(outcome, channel, last, 0, None, "upstream did not answer in time", timed_out=True)
+            last.error = UpstreamError("upstream timed out", status=504, code="upstream_timeout")
+            return None
+        except (aiohttp.ClientError, OSError) as exc:
+            self._failed(outcome, channel, last, 0, None, f"upstream request failed: {type(exc).__name__}")
+            last.error = UpstreamError("upstream request failed", status=502, code="do_request_failed")
+            return None
+        if 200 <= response.status < 300:
+            if request.stream:
+                return self._stream(outcome, reservation, channel, provider, response)
+            return await self._complete(outcome, reservation, channel, provider, response, last)
+        body = await _read_and_release(response)
+        failure = provider.parse_error(response.status, body)
+        self._failed(outcome, channel, last, map_status(channel, response.status), failure, failure.message)
+        return None
+
+    def _failed(
+        self,
+        outcome: Outcome,
+        channel: ChannelSnapshot,
+        last: _Attempt,
+        status: int,
+        failure: UpstreamFailure | None,
+        reason: str,
+        *,
+        timed_out: bool = False,
+    ) -> None:
+        last.status, last.failure, last.error = status, failure, None
+        log.warning(
+            "channel #%d (%s) failed for model %s: %s%s",
+            channel.id,
+            channel.name,
+            outcome.request.model,
+            f"status {status}: " if status else "",
+            mask_sensitive(reason),
+        )
+        kind = classify(
+            failure,
+            status=status,
+            timed_out=timed_out,
+            connection_error=status == 0 and not timed_out,
+            channel_type=channel.type,
+            keywords=self.health.keywords(),
+        )
+        if kind is not FailureKind.NONE and self.health.record(channel, kind, reason):
+            self._on_channel_failure(channel, mask_sensitive(reason))
+
+    async def _complete(
+        self,
+        outcome: Outcome,
+        reservation: Reservation,
+        channel: ChannelSnapshot,
+        provider: Provider,
+        response: aiohttp.ClientResponse,
+        last: _Attempt,
+    ) -> Reply | None:
+        try:
+            body = await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            response.release()
+            self._failed(outcome, channel, last, 0, None, "upstream dropped the connection while answering")
+            last.error = UpstreamError("upstream request failed", status=502, code="do_request_failed")
+            return None
+        headers = _copy_headers(response)
+        status = response.status
+        response.release()
+        parsed: Any = None
+        if "json" in response.content_type or body[:1] in (b"{", b"["):
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                self._failed(
+                    outcome, channel, last, 0, None, "upstream returned a 2xx answer that is not valid JSON"
+                )
+                last.error = UpstreamError(
+                    "upstream returned an invalid response", status=502, code="bad_response_body"
+                )
+                return None
+        usage = provider.usage_from_response(parsed) if isinstance(parsed, dict) else None
+        if usage is None:
+            usage = completion_usage(outcome, parsed)
+        self.health.record_success(channel.id)
+        self._settle(outcome, reservation, channel, usage)
+        return Reply(status, headers, body)
+
+    def _stream(
+        self,
+        outcome: Outcome,
+        reservation: Reservation,
+        channel: ChannelSnapshot,
+        provider: Provider,
+        response: aiohttp.ClientResponse,
+    ) -> StreamReply:
+        request = outcome.request
+        relay = StreamRelay(
+            usage_of=provider.usage_from_event,
+            counter=CompletionCounter(request.model),
+            client_wants_usage=request.client_wants_usage,
+            prompt_tokens=outcome.prompt_tokens,
+            model=request.model,
+        )
+
+        async def chunks() -> AsyncIterator[bytes]:
+            problem: str | None = None
+            try:
+                async for data in response.content.iter_any():
+                    out = relay.feed(data)
+                    if out:
+                        if outcome.first_byte is None:
+                            outcome.first_byte = time.monotonic()
+                        yield out
+                tail = relay.finish()
+                if tail:
+                    yield tail
+                if not relay.saw_done:
+                    problem = "upstream ended the stream without [DONE]"
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                problem = f"upstream stream failed: {type(exc).__name__}"
+            except StreamTooLarge as exc:
+                problem = str(exc)
+            finally:
+                response.close()
+                self._finish_stream(outcome, reservation, channel, relay, problem)
+
+        return StreamReply(200, list(SSE_HEADERS), chunks())
+
+    def _finish_stream(
+        self,
+        outcome: Outcome,
+        reservation: Reservation,
+        channel: ChannelSnapshot,
+        relay: StreamRelay,
+        problem: str | None,
+    ) -> None:
+        """Runs exactly once per stream, whether it completed, failed or the client went away."""
+        if problem:
+            log.warning("channel #%d (%s): %s", channel.id, channel.name, mask_sensitive(problem))
+        if relay.events == 0 and relay.usage is None:
+            self.balances.refund(reservation)
+            self._log_error(
+                outcome, UpstreamError(problem or "the upstream stream carried no answer", status=502)
+            )
+            return
+        self.health.record_success(channel.id)
+        self._settle(outcome, reservation, channel, relay.final_usage(), stream=True)
+
+    # ----- settlement and logs ---------------------------------------------------------------
+
+    def _settle(
+        self,
+        outcome: Outcome,
+        reservation: Reservation,
+        channel: ChannelSnapshot,
+        usage: Usage,
+        *,
+        stream: bool = False,
+    ) -> None:
+        assert outcome.price is not None
+        cost, entry, charge = billing_for(outcome, channel, usage, stream=stream)
+        self.balances.settle(reservation, cost)
+        self._submit(entry, charge)
+
+    def _log_error(self, outcome: Outcome, error: TollwayError) -> None:
+        entry = outcome.error_entry(error, self.channels.by_id)
+        self._submit(entry, None)
+
+    def _submit(self, entry: Any, charge: Any) -> None:
+        if not self.writer.submit_nowait(entry, charge):
+            # The queue is full: wait for room in the background rather than lose the row.
+            task = asyncio.get_running_loop().create_task(self.writer.submit(entry, charge))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    def _final_error(self, outcome: Outcome, last: _Attempt) -> TollwayError:
+        if not outcome.tried:
+            return ServiceUnavailable(
+                f"no available channel for model {outcome.request.model} in group {outcome.caller.group}",
+                code="model_not_available",
+            )
+        if last.failure is not None:
+            failure = last.failure
+            status = last.status or failure.status
+            message = SATURATED if status == 429 else failure.message
+            return UpstreamError(
+                message, status=status, type=failure.type, code=failure.code, param=failure.param
+            )
+        return last.error or UpstreamError("upstream request failed", status=502)
+
+
+async def _read_and_release(response: aiohttp.ClientResponse, limit: int = 1 << 20) -> bytes:
+    try:
+        return (await response.content.read(limit)) or b""
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return b""
+    finally:
+        response.release()
+
+
+def _copy_headers(response: aiohttp.ClientResponse) -> list[tuple[str, str]]:
+    seen: set[str] = set()
+    headers: list[tuple[str, str]] = []
+    for name, value in response.headers.items():
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP or lowered in seen:
+            continue
+        seen.add(lowered)
+        headers.append((lowered, value))
+    return headers
