@@ -121,9 +121,12 @@ class RelayEngine:
         )
         caller.check_model(request.model)
         outcome = Outcome(incoming, caller, request, prompt_tokens, started=time.monotonic())
-        price = self._price(request.model, caller.group)
-        outcome.price = price
-        reservation = await self._reserve(caller, price, prompt_tokens, request)
+        try:
+            outcome.price = self._price(request.model, caller.group)
+            reservation = await self._reserve(caller, outcome.price, prompt_tokens, request)
+        except TollwayError as refusal:  # refused before any upstream call: logged, nothing to refund
+            self._log_error(outcome, refusal)
+            raise
         try:
             result = await self._forward(outcome, reservation)
         except TollwayError as error:

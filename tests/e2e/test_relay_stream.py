@@ -1,0 +1,140 @@
+"""Streaming: pass-through, usage chunks, broken and abandoned streams, each charged exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import orjson
+import pytest
+
+from tests.e2e.conftest import Live
+from tests.e2e.test_relay_basic import CHAT, balances
+from tests.fakes.upstream import FakeUpstream
+from tests.seed import create_channel, create_token, create_user
+from tollway.db.models.log import LOG_CONSUME, LOG_ERROR
+
+pytestmark = pytest.mark.db
+STREAM = {**CHAT, "stream": True}
+
+
+async def prepare(live: Live, upstream: FakeUpstream) -> tuple[int, int, str]:
+    db = live.runtime.db
+    user_id = await create_user(db, quota=10_000_000)
+    token_id, key = await create_token(db, user_id, unlimited=False, remain_quota=5_000_000)
+    await create_channel(db, upstream.base_url)
+    live.refresh()
+    return user_id, token_id, key
+
+
+def events(text: str) -> list[str]:
+    return [line[len("data: ") :] for line in text.split("\n") if line.startswith("data: ")]
+
+
+async def test_stream_passes_through_and_hides_the_usage_chunk(live: Live, upstream: FakeUpstream) -> None:
+    _user_id, _token_id, key = await prepare(live, upstream)
+    upstream.configure(prompt_tokens=100, completion_tokens=40)
+    response = await live.client.post(
+        "/v1/chat/completions", json=STREAM, headers={"Authorization": f"Bearer {key}"}
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    data = events(response.text)
+    assert data[-1] == "[DONE]"
+    chunks = [orjson.loads(d) for d in data[:-1]]
+    assert all(chunk["choices"] for chunk in chunks)  # the usage-only chunk was hidden
+    assert (
+        "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        == "Hello from the fake upstream."
+    )
+    assert upstream.last.json is not None and upstream.last.json["stream_options"] == {"include_usage": True}
+    logs = await live.logs()
+    assert [(log.type, log.prompt_tokens, log.completion_tokens, log.is_stream) for log in logs] == [
+        (LOG_CONSUME, 100, 40, True)
+    ]
+    assert logs[0].quota == round((100 + 40 * 4) * 0.075)
+
+
+async def test_stream_usage_is_forwarded_when_asked_and_synthesized_when_missing(
+    live: Live, upstream: FakeUpstream
+) -> None:
+    _, _, key = await prepare(live, upstream)
+    asked = {**STREAM, "stream_options": {"include_usage": True}}
+    response = await live.client.post(
+        "/v1/chat/completions", json=asked, headers={"Authorization": f"Bearer {key}"}
+    )
+    last = orjson.loads(events(response.text)[-2])
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == 5
+
+    upstream.set_mode("no_usage")
+    response = await live.client.post(
+        "/v1/chat/completions", json=asked, headers={"Authorization": f"Bearer {key}"}
+    )
+    synthesized = orjson.loads(events(response.text)[-2])
+    assert synthesized["choices"] == []
+    assert synthesized["usage"]["completion_tokens"] > 0
+    logs = await live.logs()
+    assert logs[-1].completion_tokens == synthesized["usage"]["completion_tokens"]
+    assert logs[-1].prompt_tokens == synthesized["usage"]["prompt_tokens"] > 0
+
+
+async def test_stream_broken_by_the_upstream_is_charged_for_what_was_delivered(
+    live: Live, upstream: FakeUpstream
+) -> None:
+    user_id, token_id, key = await prepare(live, upstream)
+    before = await balances(live, user_id, token_id)
+    upstream.set_mode("reset_mid_stream")
+    async with live.client.stream(
+        "POST", "/v1/chat/completions", json=STREAM, headers={"Authorization": f"Bearer {key}"}
+    ) as response:
+        received = b""
+        try:
+            async for part in response.aiter_bytes():
+                received += part
+        except httpx.HTTPError:
+            pass
+    assert b"data: " in received and b"[DONE]" not in received
+    logs = await live.logs()
+    assert [log.type for log in logs] == [LOG_CONSUME]
+    assert logs[0].completion_tokens > 0
+    after = await balances(live, user_id, token_id)
+    assert before[0] - after[0] == logs[0].quota == after[1]
+
+
+async def test_abandoned_stream_is_charged_once_for_the_delivered_part(
+    live: Live, upstream: FakeUpstream
+) -> None:
+    user_id, token_id, key = await prepare(live, upstream)
+    upstream.configure(chunk_delay=0.05, chunks=[f"word{i} " for i in range(200)])
+    before = await balances(live, user_id, token_id)
+    async with live.client.stream(
+        "POST", "/v1/chat/completions", json=STREAM, headers={"Authorization": f"Bearer {key}"}
+    ) as response:
+        seen = 0
+        async for _ in response.aiter_lines():
+            seen += 1
+            if seen >= 6:
+                break  # the client goes away mid-answer
+    for _ in range(100):
+        logs = await live.logs()
+        if logs:
+            break
+        await asyncio.sleep(0.05)
+    assert [log.type for log in logs] == [LOG_CONSUME]
+    assert 0 < logs[0].completion_tokens < 200
+    await asyncio.sleep(0.3)
+    assert len(await live.logs()) == 1  # and only once
+    after = await balances(live, user_id, token_id)
+    assert before[0] - after[0] == logs[0].quota
+    assert before[2] - after[2] == logs[0].quota
+
+
+async def test_stream_failing_before_any_event_is_free(live: Live, upstream: FakeUpstream) -> None:
+    user_id, token_id, key = await prepare(live, upstream)
+    before = await balances(live, user_id, token_id)
+    upstream.set_mode("empty_200")
+    await live.set_option("RetryTimes", "0")
+    await live.client.post("/v1/chat/completions", json=STREAM, headers={"Authorization": f"Bearer {key}"})
+    logs = await live.logs()
+    assert [log.type for log in logs] == [LOG_ERROR]
+    assert await balances(live, user_id, token_id) == before
