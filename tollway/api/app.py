@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from tollway import __version__
-from tollway.api import setup, status
+from tollway.api import channels, data, logs, options, redemptions, setup, status, tokens, users, users_admin
 from tollway.api.envelope import install_error_handlers
 from tollway.http import JSONResponse
 from tollway.middleware import JsonBodyMiddleware
@@ -24,7 +24,7 @@ def build_api(runtime: Runtime) -> FastAPI:
     )
     api.state.runtime = runtime
     install_error_handlers(api)
-    for module in (setup, status):
+    for module in (setup, status, users, users_admin, tokens, redemptions, channels, options, logs, data):
         api.include_router(module.router, prefix="/api")
     api.add_middleware(JsonBodyMiddleware)
     return api

@@ -1,0 +1,7 @@
+"""Management routes: tokens (being written)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
