@@ -11,6 +11,7 @@ from tollway.db.models.task import Midjourney, Task
 from tollway.db.models.token import Token
 from tollway.db.models.topup import TopUp
 from tollway.db.models.user import User
+from tollway.db.models.verification import VerificationCode
 
 __all__ = [
     "Ability",
@@ -28,4 +29,5 @@ __all__ = [
     "Token",
     "TopUp",
     "User",
+    "VerificationCode",
 ]
