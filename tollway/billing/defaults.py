@@ -79,6 +79,8 @@ LIST_PRICES: tuple[ListPrice, ...] = (
     *_models(("text-embedding-3-small",), "0.02"),
     *_models(("text-embedding-3-large",), "0.13"),
     *_models(("text-embedding-ada-002",), "0.10"),
+    # Moderation is free at OpenAI; new-api keeps a small ratio (0.1) so that usage stays visible.
+    *_models(("omni-moderation-latest", "text-moderation-latest", "text-moderation-stable"), "0.20"),
     # new-api bills audio endpoints on counted tokens / characters with these ratios
     *_models(("whisper-1",), "30.00"),
     *_models(("tts-1", "tts-1-1106"), "15.00"),  # USD 15 per 1M characters
