@@ -1,0 +1,134 @@
+"""Graceful shutdown loses nothing: N answered requests, SIGTERM at once, restart → exactly N log
+rows, and the balances agree with them. Runs `tollway serve` as an operator does (two workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from tests.e2e.conftest import free_port
+from tests.fakes.upstream import FakeUpstream
+from tests.seed import create_channel, create_token, create_user
+from tollway.billing.balances import leased_amounts
+from tollway.db.engine import Database
+from tollway.db.migrate import migrate
+from tollway.db.models import Log, QuotaLease, User
+from tollway.db.models.lease import ACCOUNT_USER
+from tollway.settings import Settings
+
+N = 60
+
+
+def start_server(settings: Settings, tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SQL_", "LOG_SQL"))}
+    env.update(
+        SQL_DSN=settings.sql_dsn,
+        SQLITE_PATH=settings.sqlite_path,
+        PORT=str(port),
+        HOST="127.0.0.1",
+        WORKERS="2",
+        SESSION_SECRET=settings.session_secret,
+        CRYPTO_SECRET=settings.crypto_secret,
+    )
+    with open(tmp_path / "stderr.log", "ab") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tollway", "serve"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+
+
+async def wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
+    async with httpx.AsyncClient() as client:
+        for _ in range(300):
+            if process.poll() is not None:
+                raise AssertionError(f"server exited with {process.returncode}")
+            try:
+                if (await client.get(f"{base}/api/status")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("server did not start")
+
+
+async def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    for _ in range(350):
+        if process.poll() is not None:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError("server did not stop within 35 s of SIGTERM")
+    assert process.returncode == 0
+
+
+@pytest.mark.db
+async def test_sigterm_right_after_n_requests_keeps_every_log(
+    settings: Settings, tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    db = Database(settings)
+    await migrate(db)
+    async with FakeUpstream(ttft=0.05) as upstream:
+        user_id = await create_user(db, quota=50_000_000)
+        _, key = await create_token(db, user_id, crypto_secret=settings.crypto_secret)
+        await create_channel(db, upstream.base_url)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        process = start_server(settings, tmp_path, port)
+        try:
+            await wait_ready(base, process)
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+            async with httpx.AsyncClient(timeout=30) as client:
+                responses = await asyncio.gather(
+                    *(
+                        client.post(
+                            f"{base}/v1/chat/completions",
+                            json=body,
+                            headers={"Authorization": f"Bearer {key}"},
+                        )
+                        for _ in range(N)
+                    )
+                )
+            assert [r.status_code for r in responses] == [200] * N
+            await stop(process)  # at once: logs may still sit in the writers' queues
+
+            async with db.log_session() as session:
+                assert await session.scalar(select(func.count()).select_from(Log)) == N
+                logged = await session.scalar(select(func.sum(Log.quota)))
+            async with db.session() as session:
+                user = await session.get(User, user_id)
+                assert user is not None
+                assert await session.scalar(select(func.count()).select_from(QuotaLease)) == 0  # all returned
+                assert (await leased_amounts(session, ACCOUNT_USER, [user_id])).get(user_id, 0) == 0
+                assert user.used_quota == logged
+                assert user.quota == 50_000_000 - logged
+                assert user.request_count == N
+
+            process = start_server(settings, tmp_path, port)  # and it comes back
+            await wait_ready(base, process)
+            async with httpx.AsyncClient(timeout=30) as client:
+                again = await client.post(
+                    f"{base}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+                )
+            assert again.status_code == 200
+            await stop(process)
+            async with db.log_session() as session:
+                assert await session.scalar(select(func.count()).select_from(Log)) == N + 1
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            await db.dispose()
