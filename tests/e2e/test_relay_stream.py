@@ -138,3 +138,26 @@ async def test_stream_failing_before_any_event_is_free(live: Live, upstream: Fak
     logs = await live.logs()
     assert [log.type for log in logs] == [LOG_ERROR]
     assert await balances(live, user_id, token_id) == before
+
+
+async def test_client_leaving_before_the_first_byte_is_free_and_logged_once(
+    live: Live, upstream: FakeUpstream
+) -> None:
+    user_id, token_id, key = await prepare(live, upstream)
+    before = await balances(live, user_id, token_id)
+    upstream.configure(ttft=0.4)
+    with pytest.raises(httpx.TimeoutException):
+        await live.client.post(
+            "/v1/chat/completions", json=STREAM, headers={"Authorization": f"Bearer {key}"}, timeout=0.15
+        )
+    for _ in range(60):
+        logs = await live.logs()
+        if logs:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    logs = await live.logs()
+    assert len(logs) == 1
+    assert logs[0].type in (LOG_ERROR, LOG_CONSUME)
+    after = await balances(live, user_id, token_id)
+    assert before[0] - after[0] == logs[0].quota

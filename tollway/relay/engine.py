@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -348,8 +348,17 @@ class RelayEngine:
             model=request.model,
         )
 
-        async def chunks() -> AsyncIterator[bytes]:
-            problem: str | None = None
+        finished = False
+
+        def finish(problem: str | None) -> None:
+            nonlocal finished
+            if not finished:
+                finished = True
+                response.close()
+                self._finish_stream(outcome, reservation, channel, relay, problem)
+
+        async def chunks() -> AsyncGenerator[bytes, None]:
+            problem: str | None = "the client went away"
             try:
                 async for data in response.content.iter_any():
                     out = relay.feed(data)
@@ -360,17 +369,23 @@ class RelayEngine:
                 tail = relay.finish()
                 if tail:
                     yield tail
-                if not relay.saw_done:
-                    problem = "upstream ended the stream without [DONE]"
+                problem = None if relay.saw_done else "upstream ended the stream without [DONE]"
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 problem = f"upstream stream failed: {type(exc).__name__}"
             except StreamTooLarge as exc:
                 problem = str(exc)
             finally:
-                response.close()
-                self._finish_stream(outcome, reservation, channel, relay, problem)
+                finish(problem)
 
-        return StreamReply(200, list(SSE_HEADERS), chunks())
+        body = chunks()
+
+        async def close() -> None:
+            """Called by the HTTP layer when the response ends, however it ends: settles a stream
+            whose body was never iterated (the client left before the first byte)."""
+            await body.aclose()
+            finish("the client went away before the stream started")
+
+        return StreamReply(200, list(SSE_HEADERS), body, close)
 
     def _finish_stream(
         self,

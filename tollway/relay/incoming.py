@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 
@@ -26,6 +26,10 @@ class Reply:
 
 @dataclass(slots=True)
 class StreamReply:
+    """A streamed answer. ``close`` must be awaited when the response ends, whatever happened:
+    it settles the request even if the body was never iterated."""
+
     status: int
     headers: list[tuple[str, str]]
     chunks: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]

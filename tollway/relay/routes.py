@@ -8,6 +8,7 @@ from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from tollway.db.models import Token, User
 from tollway.errors import ApiNotImplemented, NotFound, TollwayError
@@ -75,9 +76,24 @@ async def incoming_of(request: Request) -> Incoming:
     )
 
 
+class RelayStreamingResponse(StreamingResponse):
+    """Streams a :class:`StreamReply` and always closes it, so the request is settled and logged
+    even when the client disconnects before the first chunk."""
+
+    def __init__(self, reply: StreamReply) -> None:
+        super().__init__(reply.chunks, status_code=reply.status, headers=dict(reply.headers))
+        self._reply = reply
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._reply.close()
+
+
 def to_response(result: Reply | StreamReply) -> Response:
     if isinstance(result, StreamReply):
-        return StreamingResponse(result.chunks, status_code=result.status, headers=dict(result.headers))
+        return RelayStreamingResponse(result)
     return Response(result.body, status_code=result.status, headers=dict(result.headers))
 
 
