@@ -108,7 +108,7 @@ def serve(port: int | None, host: str | None, workers: int | None, log_dir: str 
             lifespan="on",
             log_config=None,
             access_log=False,
-            timeout_graceful_shutdown=25,
+            timeout_graceful_shutdown=20,
             server_header=False,
         )
     finally:

@@ -24,6 +24,8 @@ from tollway.settings import Settings
 
 log = logging.getLogger("tollway.runtime")
 
+SHUTDOWN_DRAIN_SECONDS = 8
+
 
 class Runtime:
     def __init__(self, settings: Settings, *, counters: NodeCounters | None = None) -> None:
@@ -57,7 +59,12 @@ class Runtime:
         await asyncio.gather(*self._jobs, return_exceptions=True)
         self._jobs.clear()
         try:
-            await self.relay.stop()
+            # Bounded so that the process exits within the 30 s service managers allow; a database
+            # that refuses writes for that long loses the tail (leases are reclaimed by others).
+            async with asyncio.timeout(SHUTDOWN_DRAIN_SECONDS):
+                await self.relay.stop()
+        except TimeoutError:
+            log.error("shutdown: the database did not take the last log rows within %d s", SHUTDOWN_DRAIN_SECONDS)
         finally:
             await self.db.dispose()
 
