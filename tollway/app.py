@@ -16,6 +16,7 @@ from tollway.api.app import build_api
 from tollway.errors import NotFound
 from tollway.middleware import BodyLimitMiddleware, SyncPointMiddleware
 from tollway.ops.logging import configure_logging
+from tollway.ops.ratelimit import RedisLimiter
 from tollway.ops.request_id import RequestIdMiddleware
 from tollway.relay.routes import build_relay_routes, relay_error
 from tollway.runtime import Runtime
@@ -88,6 +89,9 @@ def create_app(
             yield
         finally:
             await runtime.stop()
+            limiter = getattr(api.state, "rate_limiter", None)
+            if isinstance(limiter, RedisLimiter):
+                await limiter.aclose()
 
     async def home(_request: Request) -> Response:
         hint = (
@@ -100,6 +104,7 @@ def create_app(
     async def unknown_path(request: Request) -> Response:
         return relay_error(request, NotFound(f"Invalid URL ({request.method} {request.url.path})"))
 
+    api = build_api(runtime)
     relay = Starlette(
         routes=[
             Route("/", home),
@@ -113,7 +118,7 @@ def create_app(
         lifespan=lifespan,
     )
     relay.state.runtime = runtime
-    app = TollwayApp(relay=relay, api=build_api(runtime), runtime=runtime)
+    app = TollwayApp(relay=relay, api=api, runtime=runtime)
     return app
 
 

@@ -9,6 +9,7 @@ from tollway.api import channels, data, logs, options, redemptions, setup, statu
 from tollway.api.envelope import install_error_handlers
 from tollway.http import JSONResponse
 from tollway.middleware import JsonBodyMiddleware
+from tollway.ops.ratelimit import GlobalRateLimitMiddleware, build_limiter
 from tollway.runtime import Runtime
 
 
@@ -23,8 +24,17 @@ def build_api(runtime: Runtime) -> FastAPI:
         default_response_class=JSONResponse,
     )
     api.state.runtime = runtime
+    settings = runtime.settings
+    api.state.rate_limiter = limiter = build_limiter(settings)
     install_error_handlers(api)
     for module in (setup, status, users, users_admin, tokens, redemptions, channels, options, logs, data):
         api.include_router(module.router, prefix="/api")
     api.add_middleware(JsonBodyMiddleware)
+    if settings.global_api_rate_limit_enable:
+        api.add_middleware(
+            GlobalRateLimitMiddleware,
+            limiter=limiter,
+            limit=settings.global_api_rate_limit,
+            window=settings.global_api_rate_limit_duration,
+        )
     return api
