@@ -11,6 +11,7 @@ from fastapi import Request
 
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
+MAX_PAGE = 10_000_000  # deeper pages use keyset paging; a larger p is clamped rather than overflowing
 
 
 def _int(value: str | None, default: int) -> int:
@@ -43,4 +44,4 @@ class Page:
         size = _int(request.query_params.get(size_param), DEFAULT_PAGE_SIZE)
         if size <= 0:
             size = DEFAULT_PAGE_SIZE
-        return cls(page=max(page, 1), page_size=min(size, MAX_PAGE_SIZE))
+        return cls(page=min(max(page, 1), MAX_PAGE), page_size=min(size, MAX_PAGE_SIZE))
