@@ -175,7 +175,9 @@ async def get_token_logs(request: Request, runtime: RuntimeDep, _limit: Critical
     engine = runtime.relay.engine
     await engine.sync()
     incoming = await incoming_of(request)
-    caller = await authenticate(incoming, engine.accounts, engine.balances, engine.options, engine.prices)
+    caller = await authenticate(
+        incoming, engine.accounts, engine.balances, engine.options, engine.prices, read_only=True
+    )
     flt = LogFilter(user_id=caller.user.id, token_id=caller.token.id)
     if "p" in request.query_params or "page_size" in request.query_params:
         return ok(await _page_of(runtime, request, flt, admin=False))

@@ -77,15 +77,20 @@ async def authenticate(
     balances: LeaseBalanceStore,
     options: Options,
     prices: PriceTableCache,
+    *,
+    read_only: bool = False,
 ) -> Caller:
-    """Who is calling, or an :class:`Unauthorized` / :class:`Forbidden` error in OpenAI's shape."""
+    """Who is calling, or an :class:`Unauthorized` / :class:`Forbidden` error in OpenAI's shape.
+
+    ``read_only`` (a key reading its own logs) accepts expired and exhausted keys: their owners
+    want to see what happened. Disabled and deleted keys are refused either way."""
     credentials = extract_credentials(incoming.path, incoming.headers, incoming.query)
     if credentials is None:
         raise Unauthorized("no API key provided (send Authorization: Bearer sk-…)", code="missing_api_key")
     token = await accounts.token(hash_key(credentials.key))
     if token is None:
         raise Unauthorized("invalid API key", code="invalid_api_key")
-    _check_token(token, balances)
+    _check_token(token, balances, read_only=read_only)
     user = await accounts.user(token.user_id)
     if user is None:
         raise Unauthorized("the owner of this API key no longer exists", code="invalid_api_key")
@@ -105,8 +110,12 @@ async def authenticate(
     return Caller(token=token, user=user, group=group, pin=credentials.channel_pin)
 
 
-def _check_token(token: TokenRecord, balances: LeaseBalanceStore) -> None:
+def _check_token(token: TokenRecord, balances: LeaseBalanceStore, *, read_only: bool) -> None:
     masked = mask_hint(token.key_hint) if token.key_hint else "sk-***"
+    if read_only:
+        if token.status == TOKEN_DISABLED:
+            raise Unauthorized(f"this API key is disabled [{masked}]", code="token_disabled")
+        return
     if token.status == TOKEN_EXHAUSTED:
         raise Unauthorized(f"this API key's quota is used up [{masked}]", code="token_exhausted")
     if token.status == TOKEN_EXPIRED or (token.expired_time != -1 and token.expired_time < time.time()):
