@@ -13,7 +13,7 @@ import time
 from functools import cache
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import case, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -42,6 +42,7 @@ from tollway.db.models.log import LOG_LOGIN, LOG_SYSTEM
 from tollway.db.models.user import ROLE_COMMON, USER_ENABLED
 from tollway.db.models.verification import PURPOSE_REGISTER
 from tollway.errors import BusinessError
+from tollway.ops.ratelimit import critical_rate_limit
 from tollway.options import REGISTRY, OptionError
 from tollway.runtime import Runtime
 from tollway.usage.audit import log_entry, record_log
@@ -190,7 +191,7 @@ async def _precheck(runtime: Runtime, body: RegisterRequest, username: str, emai
         raise BusinessError("the verification code is wrong or has expired")
 
 
-@router.post("/user/register")
+@router.post("/user/register", dependencies=[Depends(critical_rate_limit)])
 async def register(body: RegisterRequest, runtime: RuntimeDep) -> dict[str, Any]:
     _check_registration_open(runtime)
     username = check_username(body.username)
@@ -274,7 +275,7 @@ def login_payload(user: User, token: str) -> dict[str, Any]:
     }
 
 
-@router.post("/user/login")
+@router.post("/user/login", dependencies=[Depends(critical_rate_limit)])
 async def login(
     body: LoginRequest, request: Request, response: Response, runtime: RuntimeDep
 ) -> dict[str, Any]:

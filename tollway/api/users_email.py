@@ -17,7 +17,7 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,6 +31,7 @@ from tollway.db.models import User, VerificationCode
 from tollway.db.models.verification import PURPOSE_REGISTER, PURPOSE_RESET
 from tollway.errors import BusinessError
 from tollway.ops.mailer import Mailer, MailerError
+from tollway.ops.ratelimit import critical_rate_limit
 from tollway.runtime import Runtime
 
 router = APIRouter()
@@ -140,7 +141,7 @@ def _checked_email(email: str) -> str:
     return address
 
 
-@router.get("/verification")
+@router.get("/verification", dependencies=[Depends(critical_rate_limit)])
 async def send_verification(runtime: RuntimeDep, email: str = "") -> dict[str, Any]:
     """A 6-digit registration code; refused for an address an account (even a deleted one) uses."""
     address = _checked_email(email)
@@ -162,7 +163,7 @@ async def send_verification(runtime: RuntimeDep, email: str = "") -> dict[str, A
     return ok(message="verification code sent")
 
 
-@router.get("/reset_password")
+@router.get("/reset_password", dependencies=[Depends(critical_rate_limit)])
 async def send_reset_link(request: Request, runtime: RuntimeDep, email: str = "") -> dict[str, Any]:
     """Emails a reset link to the account with this address. The answer is the same whether or not
     an account uses it, so the route cannot be used to find out who has an account."""
@@ -199,7 +200,7 @@ class ResetRequest(BaseModel):
     token: str = Field(default="", max_length=64)
 
 
-@router.post("/user/reset")
+@router.post("/user/reset", dependencies=[Depends(critical_rate_limit)])
 async def reset_password(body: ResetRequest, runtime: RuntimeDep) -> dict[str, Any]:
     """Checks the emailed token and gives the account a new random password, returned once."""
     address = _checked_email(body.email)
