@@ -13,6 +13,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tollway.api.app import build_api
+from tollway.api.channels_ops import ChannelTester
 from tollway.errors import NotFound
 from tollway.middleware import BodyLimitMiddleware, SyncPointMiddleware
 from tollway.ops.logging import configure_logging
@@ -79,6 +80,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await runtime.start(run_migrations=run_migrations)
+        tester = api.state.channel_tester = ChannelTester(runtime)
+        if settings.channel_test_frequency and settings.is_master:
+            runtime.every(settings.channel_test_frequency * 60, tester.run, "channel tests")
         if not runtime.setup_done:
             log.info(
                 "no root user yet: create one with POST http://127.0.0.1:%d/api/setup "
@@ -88,6 +92,7 @@ def create_app(
         try:
             yield
         finally:
+            await tester.cancel()
             await runtime.stop()
             limiter = getattr(api.state, "rate_limiter", None)
             if isinstance(limiter, RedisLimiter):

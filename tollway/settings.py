@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     batch_update_enabled: bool = False
     batch_update_interval: int = Field(5, ge=1)
 
+    channel_test_frequency: int = Field(
+        0, ge=0, description="minutes between automatic channel tests; 0 = off"
+    )
     relay_timeout: float = Field(0, ge=0)
     streaming_timeout: float = Field(300, ge=1)
     max_request_body_mb: int = Field(128, ge=1)
