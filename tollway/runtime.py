@@ -64,7 +64,9 @@ class Runtime:
             async with asyncio.timeout(SHUTDOWN_DRAIN_SECONDS):
                 await self.relay.stop()
         except TimeoutError:
-            log.error("shutdown: the database did not take the last log rows within %d s", SHUTDOWN_DRAIN_SECONDS)
+            log.error(
+                "shutdown: the database did not take the last log rows within %d s", SHUTDOWN_DRAIN_SECONDS
+            )
         finally:
             await self.db.dispose()
 

@@ -41,7 +41,9 @@ class As:
         return await self.client.delete(url, headers=self.headers, **kwargs)
 
 
-async def make_user(harness: AppHarness, username: str, role: int, *, quota: int = 0, group: str = "default") -> As:
+async def make_user(
+    harness: AppHarness, username: str, role: int, *, quota: int = 0, group: str = "default"
+) -> As:
     runtime = harness.runtime
     async with runtime.db.session() as session, session.begin():
         user = User(

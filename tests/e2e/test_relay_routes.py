@@ -34,7 +34,11 @@ async def test_each_route_is_forwarded(live: Live, upstream: FakeUpstream) -> No
         ("/v1/engines/text-embedding-3-small/embeddings", {"input": "hello"}, "/v1/embeddings"),
         ("/v1/moderations", {"model": "omni-moderation-latest", "input": "hi"}, "/v1/moderations"),
         ("/v1/images/generations", {"model": "dall-e-3", "prompt": "a cat"}, "/v1/images/generations"),
-        ("/v1/audio/speech", {"model": "tts-1", "input": "Hello there", "voice": "alloy"}, "/v1/audio/speech"),
+        (
+            "/v1/audio/speech",
+            {"model": "tts-1", "input": "Hello there", "voice": "alloy"},
+            "/v1/audio/speech",
+        ),
         ("/v1/rerank", {"model": "rerank-v1", "query": "q", "documents": ["a", "b"]}, "/v1/rerank"),
         ("/v1/responses", {"model": "gpt-4o", "input": "Say hi"}, "/v1/responses"),
     ]
@@ -70,7 +74,9 @@ async def test_billing_routes(live: Live, upstream: FakeUpstream) -> None:
     live.refresh()
     headers = {"Authorization": f"Bearer {key}"}
     for prefix in ("", "/v1"):
-        subscription = (await live.client.get(f"{prefix}/dashboard/billing/subscription", headers=headers)).json()
+        subscription = (
+            await live.client.get(f"{prefix}/dashboard/billing/subscription", headers=headers)
+        ).json()
         assert subscription["object"] == "billing_subscription"
         assert subscription["hard_limit_usd"] == 2.0  # 1,000,000 quota at 500,000 per USD
         usage = (await live.client.get(f"{prefix}/dashboard/billing/usage", headers=headers)).json()
@@ -94,7 +100,9 @@ async def test_steady_state_requests_make_no_database_round_trip(live: Live, ups
     try:
         batches_before = live.runtime.relay.writer.batches_written
         for _ in range(100):
-            assert (await live.client.post("/v1/chat/completions", json=body, headers=headers)).status_code == 200
+            assert (
+                await live.client.post("/v1/chat/completions", json=body, headers=headers)
+            ).status_code == 200
         await live.runtime.relay.writer.flush()
         batches = live.runtime.relay.writer.batches_written - batches_before
     finally:
