@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: run test lint typecheck pytest services clean
+.PHONY: run test lint typecheck pytest services tools bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +24,7 @@ run: $(VENV)/.installed-run
 	$(BIN)/tollway serve
 
 ## test: install the development tools, then lint, type-check and run every test
-test: $(VENV)/.installed-dev services lint typecheck pytest
+test: $(VENV)/.installed-dev services tools lint typecheck pytest
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
@@ -34,6 +35,21 @@ typecheck: $(VENV)/.installed-dev
 
 pytest: $(VENV)/.installed-dev
 	$(BIN)/pytest -ra $(PYTEST_ARGS)
+
+## bench: Tollway against a mock upstream (~2 min; needs wrk), then the log writer on SQLite and PostgreSQL
+bench: $(VENV)/.installed-run services tools
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python bench/log_writer.py --db sqlite
+	$(BIN)/python bench/log_writer.py --db postgres
+
+## bench-quick: the CI-sized benchmark (~25 s; needs wrk), fails on a gross regression
+bench-quick: $(VENV)/.installed-run tools
+	$(BIN)/python -m bench.run --quick --check $(BENCH_ARGS)
+
+## tools: the load driver the benchmark uses (Debian's wrk), installed when missing
+tools:
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; } >/dev/null 2>&1 || true
+	@command -v wrk >/dev/null 2>&1 && echo "wrk: $$(command -v wrk)" || echo "wrk: not available (benchmark tests will say so)"
 
 ## services: make sure PostgreSQL, MariaDB and Redis answer on 127.0.0.1 (starts them if installed)
 services:
