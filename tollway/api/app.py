@@ -5,7 +5,19 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from tollway import __version__
-from tollway.api import channels, data, logs, options, redemptions, setup, status, tokens, users, users_admin
+from tollway.api import (
+    channels,
+    data,
+    logs,
+    options,
+    redemptions,
+    setup,
+    status,
+    tokens,
+    topups,
+    users,
+    users_admin,
+)
 from tollway.api.envelope import install_error_handlers
 from tollway.http import JSONResponse
 from tollway.middleware import JsonBodyMiddleware
@@ -27,7 +39,8 @@ def build_api(runtime: Runtime) -> FastAPI:
     settings = runtime.settings
     api.state.rate_limiter = limiter = build_limiter(settings)
     install_error_handlers(api)
-    for module in (setup, status, users, users_admin, tokens, redemptions, channels, options, logs, data):
+    modules = (setup, status, users, users_admin, tokens, redemptions, topups, channels, options, logs, data)
+    for module in modules:
         api.include_router(module.router, prefix="/api")
     api.add_middleware(JsonBodyMiddleware)
     if settings.global_api_rate_limit_enable:

@@ -10,6 +10,7 @@ from tollway import __version__
 from tollway import options as opt
 from tollway.api.deps import RuntimeDep
 from tollway.api.envelope import ok
+from tollway.billing.epay import online_topup_enabled
 
 router = APIRouter()
 
@@ -37,7 +38,7 @@ async def get_status(runtime: RuntimeDep) -> dict[str, Any]:
         "enable_data_export": o.get(opt.DATA_EXPORT_ENABLED),
         "data_export_default_time": o.get(opt.DATA_EXPORT_DEFAULT_TIME),
         "default_collapse_sidebar": o.get(opt.DEFAULT_COLLAPSE_SIDEBAR),
-        "enable_online_topup": False,
+        "enable_online_topup": online_topup_enabled(o),
         "mj_notify_enabled": o.get(opt.MJ_NOTIFY_ENABLED),
         "chats": o.get(opt.CHATS),
         "demo_site_enabled": o.get(opt.DEMO_SITE_ENABLED),
