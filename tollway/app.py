@@ -16,6 +16,7 @@ from tollway.api.app import build_api
 from tollway.api.channels_ops import ChannelTester
 from tollway.errors import NotFound
 from tollway.middleware import BodyLimitMiddleware, SyncPointMiddleware
+from tollway.ops.health import ActiveRequests, health_routes
 from tollway.ops.logging import configure_logging
 from tollway.ops.ratelimit import RedisLimiter
 from tollway.ops.request_id import RequestIdMiddleware
@@ -24,6 +25,8 @@ from tollway.runtime import Runtime
 from tollway.settings import Settings, load_settings
 
 log = logging.getLogger("tollway.app")
+
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 
 _HOME = """<!doctype html><html><head><meta charset="utf-8"><title>Tollway</title></head>
 <body style="font-family:sans-serif;max-width:40em;margin:3em auto">
@@ -50,11 +53,16 @@ class TollwayApp:
         self.runtime = runtime
         self.router = relay.router  # lifespan_context, for tests and embedding
         self.state = relay.state
-        self._stack: ASGIApp = RequestIdMiddleware(
-            BodyLimitMiddleware(
-                SyncPointMiddleware(self._dispatch, runtime), runtime.settings.max_request_body_bytes
+        self.active = ActiveRequests(
+            RequestIdMiddleware(
+                BodyLimitMiddleware(
+                    SyncPointMiddleware(self._dispatch, runtime), runtime.settings.max_request_body_bytes
+                )
             )
         )
+        # Probes answer outside the middleware stack: no counter, no cache sync (which may need the
+        # database that a readiness probe is asking about).
+        self.probes = Starlette(routes=health_routes(runtime.health))
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -66,8 +74,10 @@ class TollwayApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self.relay(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] in PROBE_PATHS:
+            await self.probes(scope, receive, send)
         else:
-            await self._stack(scope, receive, send)
+            await self.active(scope, receive, send)
 
 
 def create_app(
@@ -110,6 +120,7 @@ def create_app(
         return relay_error(request, NotFound(f"Invalid URL ({request.method} {request.url.path})"))
 
     api = build_api(runtime)
+    api.state.database_health = runtime.health
     relay = Starlette(
         routes=[
             Route("/", home),
@@ -124,6 +135,7 @@ def create_app(
     )
     relay.state.runtime = runtime
     app = TollwayApp(relay=relay, api=api, runtime=runtime)
+    api.state.active_requests = app.active
     return app
 
 

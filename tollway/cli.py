@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from tollway import __version__
+from tollway.cli_logs import logs as logs_group
 from tollway.db.engine import Database
 from tollway.db.migrate import migrate as apply_migrations
 from tollway.errors import ConfigError
@@ -295,6 +296,9 @@ def latency(
         raise ConfigError(f"--base-url: {exc}") from None
     click.echo(report.render())
     sys.exit(0 if report.ok == report.count else 1)
+
+
+cli.add_command(logs_group)
 
 
 def main() -> None:

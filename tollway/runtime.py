@@ -18,9 +18,14 @@ from tollway.db.migrate import migrate
 from tollway.db.models import Setup, User
 from tollway.db.models.user import ROLE_ROOT
 from tollway.node_sync import NodeCounters
+from tollway.ops.health import DatabaseHealth
+from tollway.ops.notify import DatabaseDirectory, Notifier
+from tollway.ops.quota_warnings import QuotaWarnings
 from tollway.options import REGISTRY, Options
 from tollway.relay.service import RelayService
 from tollway.settings import Settings
+from tollway.usage.partition_jobs import partition_job
+from tollway.usage.retention import retention_job
 
 log = logging.getLogger("tollway.runtime")
 
@@ -34,6 +39,17 @@ class Runtime:
         self.counters = counters or NodeCounters.from_environment()
         self.options = Options(REGISTRY, self.db, self.counters)
         self.relay = RelayService(settings, self.db, self.options, self.counters)
+        self.notifier = Notifier(
+            self.options,
+            DatabaseDirectory(self.db),
+            redis_url=settings.redis_conn_string,
+            limit_count=settings.notify_limit_count,
+            limit_minutes=settings.notification_limit_duration_minute,
+        )
+        self.quota_warnings = QuotaWarnings(self.notifier, self.options, self.relay.accounts)
+        self.relay.engine.on_settled = self.quota_warnings.after_settlement
+        self.relay.notifier = self.notifier
+        self.health = DatabaseHealth(self.db, settings.redis_conn_string)
         self.started_at = int(time.time())
         self.setup_done = False
         self._jobs: list[asyncio.Task[None]] = []
@@ -45,12 +61,17 @@ class Runtime:
         await self.options.load()
         await self.refresh_setup_state()
         await self.relay.start()
+        await self.notifier.start()
+        self._jobs.append(asyncio.create_task(self.health.watch(), name="database health"))
         frequency = self.settings.sync_frequency
         self.every(frequency, self.options.load, "options re-sync")
         self.every(frequency, self.relay.channels.reload, "channel re-sync")
         self.every(10, self.relay.lease_maintenance, "quota lease heartbeat")
         self.every(60, self.relay.balances.reclaim_expired, "reclaim leases of dead workers")
         self._jobs.append(asyncio.create_task(self.relay.rollup_job(), name="quota_data rollup"))
+        if self.settings.is_master:
+            self.every(3600, lambda: retention_job(self), "log retention")
+            self.every(86_400, lambda: partition_job(self), "log partitions")
 
     async def stop(self) -> None:
         """Called after the server finished its in-flight requests: drains and flushes everything."""
@@ -58,6 +79,9 @@ class Runtime:
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
         self._jobs.clear()
+        await self.quota_warnings.stop()
+        await self.notifier.stop()
+        await self.health.aclose()
         try:
             # Bounded so that the process exits within the 30 s service managers allow; a database
             # that refuses writes for that long loses the tail (leases are reclaimed by others).

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     batch_update_enabled: bool = False
     batch_update_interval: int = Field(5, ge=1)
 
+    notify_limit_count: int = Field(2, ge=1)
+    notification_limit_duration_minute: int = Field(10, ge=1)
     channel_test_frequency: int = Field(
         0, ge=0, description="minutes between automatic channel tests; 0 = off"
     )

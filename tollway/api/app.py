@@ -8,6 +8,8 @@ from tollway import __version__
 from tollway.api import (
     channels,
     data,
+    health,
+    log_export,
     logs,
     options,
     redemptions,
@@ -39,7 +41,21 @@ def build_api(runtime: Runtime) -> FastAPI:
     settings = runtime.settings
     api.state.rate_limiter = limiter = build_limiter(settings)
     install_error_handlers(api)
-    modules = (setup, status, users, users_admin, tokens, redemptions, topups, channels, options, logs, data)
+    modules = (
+        setup,
+        status,
+        health,
+        users,
+        users_admin,
+        tokens,
+        redemptions,
+        topups,
+        channels,
+        options,
+        log_export,
+        logs,
+        data,
+    )
     for module in modules:
         api.include_router(module.router, prefix="/api")
     api.add_middleware(JsonBodyMiddleware)

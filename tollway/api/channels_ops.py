@@ -203,6 +203,9 @@ class ChannelTester:
         if changed:
             log.warning("channel #%d (%s) %s", channel.id, channel.name, note)
             runtime.relay.channels.changed()
+            await runtime.notifier.notify_channel_status(
+                channel.id, channel.name, enabled=channel.status != CHANNEL_ENABLED, reason=reason or ""
+            )
 
 
 def channel_tester(request: Request, runtime: Runtime) -> ChannelTester:
@@ -283,8 +286,13 @@ async def _refresh_balance(runtime: Runtime, channel: ChannelSnapshot, limit: as
             return False
         await _store_balance(runtime, channel.id, balance)
     if balance <= 0 and channel.auto_ban and runtime.options.get(AUTOMATIC_DISABLE_CHANNEL_ENABLED):
+        reason = "the upstream balance is used up"
         async with runtime.db.session() as session, session.begin():
-            await disable_channel(session, channel.id, "the upstream balance is used up", int(time.time()))
+            changed = await disable_channel(session, channel.id, reason, int(time.time()))
+        if changed:
+            await runtime.notifier.notify_channel_status(
+                channel.id, channel.name, enabled=False, reason=reason
+            )
     return True
 
 

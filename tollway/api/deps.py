@@ -105,3 +105,14 @@ async def root_user(request: Request, runtime: RuntimeDep) -> Session:
 CurrentUser = Annotated[Session, Depends(current_user)]
 AdminUser = Annotated[Session, Depends(admin_user)]
 RootUser = Annotated[Session, Depends(root_user)]
+
+
+async def caller_is_admin(request: Request, runtime: Runtime) -> bool:
+    """For public routes that show operators more: True when valid admin credentials came along."""
+    if not request.headers.get("authorization") and SESSION_COOKIE not in request.cookies:
+        return False
+    try:
+        await _authenticate(request, runtime, ROLE_ADMIN)
+    except (Unauthorized, Forbidden):
+        return False
+    return True

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from tollway import __version__
 from tollway import options as opt
-from tollway.api.deps import RuntimeDep
+from tollway.api.deps import RuntimeDep, caller_is_admin
 from tollway.api.envelope import ok
 from tollway.billing.epay import online_topup_enabled
 
@@ -16,7 +16,7 @@ router = APIRouter()
 
 
 @router.get("/status")
-async def get_status(runtime: RuntimeDep) -> dict[str, Any]:
+async def get_status(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     o = runtime.options
     data: dict[str, Any] = {
         "version": __version__,
@@ -59,6 +59,10 @@ async def get_status(runtime: RuntimeDep) -> dict[str, Any]:
         "turnstile_site_key": o.get(opt.TURNSTILE_SITE_KEY),
         "check_in_enabled": o.get(opt.CHECK_IN_ENABLED),
     }
+    active = getattr(request.app.state, "active_requests", None)
+    if active is not None and await caller_is_admin(request, runtime):  # operators' view of this worker
+        data.update(active.snapshot())
+        data["database_ok"] = runtime.health.last.ok if runtime.health.last is not None else None
     return ok(data)
 
 

@@ -133,6 +133,14 @@ class LeaseBalanceStore:
             return snapshot
         return max(account.balance_hint, 0) + account.available
 
+    def balance(self, kind: int, account_id: int, snapshot: int) -> int:
+        """The balance as this process sees it, counting other requests' reservations as not yet
+        spent (what a quota warning compares against its threshold)."""
+        account = self._accounts.get((kind, account_id))
+        if account is None:
+            return snapshot
+        return max(account.balance_hint, 0) + account.available + account.reserved
+
     async def reserve(
         self, user_id: int, token_id: int | None, amount: int, *, user_hint: int, token_hint: int = 0
     ) -> Reservation:

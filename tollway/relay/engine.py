@@ -92,6 +92,8 @@ class RelayEngine:
         self.keys = KeyPicker()
         self._on_channel_failure = on_channel_failure
         self._pending: set[asyncio.Task[None]] = set()
+        # Called after every charged settlement with (user id, balance before, balance after).
+        self.on_settled: Callable[[int, int, int], None] | None = None
 
     async def drain(self) -> None:
         """Wait for log submissions that were waiting for room in the queue."""
@@ -422,6 +424,9 @@ class RelayEngine:
         cost, entry, charge = billing_for(outcome, channel, usage, stream=stream)
         self.balances.settle(reservation, cost)
         self._submit(entry, charge)
+        if cost > 0 and self.on_settled is not None:
+            after = self.balances.balance(ACCOUNT_USER, reservation.user_id, outcome.caller.user.quota)
+            self.on_settled(reservation.user_id, after + cost, after)
 
     def _log_error(self, outcome: Outcome, error: TollwayError) -> None:
         entry = outcome.error_entry(error, self.channels.by_id)

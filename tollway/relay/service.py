@@ -15,6 +15,7 @@ import time
 from tollway.billing.balances import LeaseBalanceStore
 from tollway.db.engine import Database
 from tollway.node_sync import NodeCounters
+from tollway.ops.notify import Notifier
 from tollway.options import DATA_EXPORT_ENABLED, DATA_EXPORT_INTERVAL, LOG_CONSUME_ENABLED, Options
 from tollway.providers.registry import ProviderRegistry
 from tollway.relay.accounts import AccountCache
@@ -52,6 +53,7 @@ class RelayService:
         self.health = ChannelHealth(options)
         self._options = options
         self._disabling: set[asyncio.Task[None]] = set()
+        self.notifier: Notifier | None = None  # set by the runtime: channel notices to the root user
         self.engine = RelayEngine(
             options=options,
             accounts=self.accounts,
@@ -101,3 +103,7 @@ class RelayService:
         if changed:
             self.channels.changed()
             log.warning("channel #%d (%s) was disabled automatically: %s", channel.id, channel.name, reason)
+            if self.notifier is not None:
+                await self.notifier.notify_channel_status(
+                    channel.id, channel.name, enabled=False, reason=reason
+                )
