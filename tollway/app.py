@@ -62,7 +62,7 @@ class TollwayApp:
         )
         # Probes answer outside the middleware stack: no counter, no cache sync (which may need the
         # database that a readiness probe is asking about).
-        self.probes = Starlette(routes=health_routes(runtime.health))
+        self.probes = RequestIdMiddleware(Starlette(routes=health_routes(runtime.health)))
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")

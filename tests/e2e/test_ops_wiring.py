@@ -99,6 +99,7 @@ async def test_quota_warning_and_channel_notice(
 async def test_probes_and_admin_status(live: Live) -> None:
     healthz = await live.client.get("/healthz")
     assert healthz.status_code == 200 and healthz.json() == {"status": "ok"}
+    assert healthz.headers["x-oneapi-request-id"]
     readyz = await live.client.get("/readyz")
     assert readyz.status_code == 200 and readyz.json()["checks"]["database"] == "ok"
     public = (await live.client.get("/api/status")).json()["data"]
