@@ -31,10 +31,10 @@ from tollway.relay.auth import authenticate
 from tollway.relay.routes import incoming_of
 from tollway.runtime import Runtime
 from tollway.usage.queries import (
+    DELETE_BATCH,
     SEARCH_LIMIT,
     LogFilter,
     admin_logs,
-    delete_logs_before,
     list_logs,
     log_stat,
     newest_logs,
@@ -42,6 +42,7 @@ from tollway.usage.queries import (
     search_own_logs,
     user_logs,
 )
+from tollway.usage.retention import purge_logs_before
 
 router = APIRouter()
 
@@ -187,4 +188,4 @@ async def delete_old_logs(request: Request, runtime: RuntimeDep, _admin: AdminUs
     target = timestamp_param(request, "target_timestamp")
     if target is None:
         raise BusinessError("target_timestamp is required: logs created before it are deleted")
-    return ok(await delete_logs_before(runtime.db, target))
+    return ok(await purge_logs_before(runtime.db, target, batch_size=DELETE_BATCH))

@@ -16,8 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Delete, SQLColumnExpression, and_, delete, func, or_, select
-from sqlalchemy.engine import CursorResult
+from sqlalchemy import ColumnElement, SQLColumnExpression, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tollway.db.engine import Database
@@ -25,7 +24,7 @@ from tollway.db.models import Channel, Log, QuotaData
 from tollway.db.models.log import LOG_CONSUME
 
 SEARCH_LIMIT = 100  # rows answered by the search routes and the unpaged token route
-DELETE_BATCH = 1000  # rows removed per statement (and per transaction) by the retention delete
+DELETE_BATCH = 1000  # rows removed per statement (and per transaction) by DELETE /api/log/
 RECENT_SECONDS = 60  # the window of rpm / tpm
 LIKE_ESCAPE = "!"
 
@@ -264,32 +263,6 @@ async def _count_and_sum(
 
 
 # ----- retention --------------------------------------------------------------------------------
-
-
-def _delete_batch(dialect: str, target: int, batch: int) -> Delete:
-    old = Log.created_at < target
-    if dialect == "mysql":
-        # MySQL refuses LIMIT inside an IN subquery on the table being deleted from.
-        return delete(Log).where(old).with_dialect_options(mysql_limit=batch)
-    # PostgreSQL (possibly partitioned: ids are unique across partitions, ctids are not) and SQLite.
-    ids = select(Log.id).where(old).limit(batch).scalar_subquery()
-    return delete(Log).where(and_(old, Log.id.in_(ids)))
-
-
-async def delete_logs_before(db: Database, target: int, *, batch: int = DELETE_BATCH) -> int:
-    """Delete every log with ``created_at < target``, ``batch`` rows per statement, each batch its
-    own short transaction (a big cleanup never holds long locks). Returns how many were deleted."""
-    dialect = db.log_url.dialect
-    deleted = 0
-    while True:
-        async with db.log_session() as session, session.begin():
-            statement = _delete_batch(dialect, target, batch)
-            # No ORM bookkeeping: it would SELECT (MySQL) or RETURN (PostgreSQL) every deleted id.
-            result = await session.execute(statement.execution_options(synchronize_session=False))
-        count = result.rowcount if isinstance(result, CursorResult) else 0
-        deleted += count
-        if count < batch:
-            return deleted
 
 
 # ----- quota_data -------------------------------------------------------------------------------

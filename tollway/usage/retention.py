@@ -105,7 +105,7 @@ async def purge_logs_before(
     """Delete every log with ``created_at < cutoff_unix``; returns how many were removed.
 
     Old whole-month partitions go first (PostgreSQL), then the rest in batches of ``batch_size``
-    rows, each in its own transaction, until a batch finds nothing. ``progress`` is called after
+    rows, each in its own transaction, until a batch comes back short. ``progress`` is called after
     the partitions are dropped and after every batch."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -119,12 +119,12 @@ async def purge_logs_before(
         async with db.log_engine.begin() as conn:
             result = await conn.execute(statement)
         count = max(int(result.rowcount or 0), 0)
-        if count == 0:
-            return deleted
         deleted += count
-        if progress is not None:
+        if count and progress is not None:
             estimated = max(estimated, deleted)
             progress(deleted, estimated)
+        if count < batch_size:  # a short batch: nothing older is left
+            return deleted
 
 
 async def retention_job(runtime: Runtime) -> int:
