@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from tollway.db.dsn import DatabaseUrl
 from tollway.errors import ConfigError
@@ -75,21 +75,10 @@ class Database:
                     f"cannot reach the database ({url.describe()}, {url.masked()}): {reason}"
                 ) from None
 
-    async def ping(self) -> bool:
-        try:
-            async with self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-            return True
-        except Exception:
-            return False
-
     async def dispose(self) -> None:
         await self.engine.dispose()
         if self.separate_logs:
             await self.log_engine.dispose()
-
-    def new_session(self) -> AsyncSession:
-        return self.session()
 
 
 def _first_line(exc: BaseException) -> str:
