@@ -18,15 +18,18 @@ from tollway.errors import NotFound
 from tollway.middleware import BodyLimitMiddleware, SyncPointMiddleware
 from tollway.ops.health import ActiveRequests, health_routes
 from tollway.ops.logging import configure_logging
+from tollway.ops.metrics_endpoint import MetricsEndpoint
 from tollway.ops.ratelimit import RedisLimiter
 from tollway.ops.request_id import RequestIdMiddleware
-from tollway.relay.routes import build_relay_routes, relay_error
+from tollway.relay.front import RelayFront
+from tollway.relay.routes import RELAYED, build_relay_routes, relay_error
 from tollway.runtime import Runtime
 from tollway.settings import Settings, load_settings
 
 log = logging.getLogger("tollway.app")
 
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+METRICS_PATH = "/metrics"
 
 _HOME = """<!doctype html><html><head><meta charset="utf-8"><title>Tollway</title></head>
 <body style="font-family:sans-serif;max-width:40em;margin:3em auto">
@@ -58,11 +61,21 @@ class TollwayApp:
                 BodyLimitMiddleware(
                     SyncPointMiddleware(self._dispatch, runtime), runtime.settings.max_request_body_bytes
                 )
-            )
+            ),
+            runtime.metrics if runtime.settings.metrics_enabled else None,
         )
         # Probes answer outside the middleware stack: no counter, no cache sync (which may need the
         # database that a readiness probe is asking about).
         self.probes = RequestIdMiddleware(Starlette(routes=health_routes(runtime.health)))
+        self.front = RelayFront(
+            runtime.relay.engine,
+            runtime.options,
+            {path: spec for path, spec in RELAYED if "{" not in path},
+            active=self.active,
+            metrics=self.active.metrics,
+            body_limit=runtime.settings.max_request_body_bytes,
+        )
+        self.scrape = MetricsEndpoint(runtime.metrics, runtime.settings.metrics_token, runtime.sample_metrics)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -72,10 +85,21 @@ class TollwayApp:
             await self.relay(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            spec = self.front.routes.get(scope["path"])
+            if spec is not None:
+                await self.front(scope, receive, send, spec)
+                return
         if scope["type"] == "lifespan":
             await self.relay(scope, receive, send)
         elif scope["type"] == "http" and scope["path"] in PROBE_PATHS:
             await self.probes(scope, receive, send)
+        elif (
+            scope["type"] == "http"
+            and scope["path"] == METRICS_PATH
+            and self.runtime.settings.metrics_enabled
+        ):
+            await self.scrape(scope, receive, send)
         else:
             await self.active(scope, receive, send)
 
@@ -104,6 +128,7 @@ def create_app(
         finally:
             await tester.cancel()
             await runtime.stop()
+            runtime.metrics.process_exited()
             limiter = getattr(api.state, "rate_limiter", None)
             if isinstance(limiter, RedisLimiter):
                 await limiter.aclose()

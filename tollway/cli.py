@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -16,6 +17,7 @@ import click
 
 from tollway import __version__
 from tollway.cli_logs import logs as logs_group
+from tollway.cli_profile import profile as profile_group
 from tollway.db.engine import Database
 from tollway.db.migrate import migrate as apply_migrations
 from tollway.errors import ConfigError
@@ -97,6 +99,7 @@ def serve(port: int | None, host: str | None, workers: int | None, log_dir: str 
     )
     sync_file = NodeCounters.create_file(settings.data_dir)
     os.environ[NODE_SYNC_ENV] = sync_file
+    metrics_dir = _fresh_metrics_dir(settings.data_dir)
     count = settings.worker_count()
     log.info(
         "Tollway %s listening on %s:%d with %d worker(s)", __version__, settings.host, settings.port, count
@@ -119,6 +122,22 @@ def serve(port: int | None, host: str | None, workers: int | None, log_dir: str 
     finally:
         with contextlib.suppress(OSError):
             Path(sync_file).unlink()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _fresh_metrics_dir(data_dir: Path) -> Path | None:
+    """Point the workers' Prometheus client at one empty folder, so that a scrape answered by any
+    worker sums them all. An operator's own ``PROMETHEUS_MULTIPROC_DIR`` is used as it is."""
+    from tollway.ops.metrics import MULTIPROC_ENV
+
+    if os.environ.get(MULTIPROC_ENV):
+        return None
+    folder = data_dir / f"metrics-{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(folder)
+    return folder
 
 
 @cli.command()
@@ -299,6 +318,7 @@ def latency(
 
 
 cli.add_command(logs_group)
+cli.add_command(profile_group)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -19,7 +20,9 @@ from tollway.db.models import Setup, User
 from tollway.db.models.user import ROLE_ROOT
 from tollway.node_sync import NodeCounters
 from tollway.ops.health import DatabaseHealth
+from tollway.ops.metrics import Metrics
 from tollway.ops.notify import DatabaseDirectory, Notifier
+from tollway.ops.profiler import CpuMonitor, CpuProfiler
 from tollway.ops.quota_warnings import QuotaWarnings
 from tollway.options import REGISTRY, Options
 from tollway.relay.service import RelayService
@@ -30,6 +33,7 @@ from tollway.usage.retention import retention_job
 log = logging.getLogger("tollway.runtime")
 
 SHUTDOWN_DRAIN_SECONDS = 8
+METRICS_SAMPLE_SECONDS = 5
 
 
 class Runtime:
@@ -38,7 +42,8 @@ class Runtime:
         self.db = Database(settings)
         self.counters = counters or NodeCounters.from_environment()
         self.options = Options(REGISTRY, self.db, self.counters)
-        self.relay = RelayService(settings, self.db, self.options, self.counters)
+        self.metrics = Metrics()
+        self.relay = RelayService(settings, self.db, self.options, self.counters, self.metrics)
         self.notifier = Notifier(
             self.options,
             DatabaseDirectory(self.db),
@@ -50,9 +55,11 @@ class Runtime:
         self.relay.engine.on_settled = self.quota_warnings.after_settlement
         self.relay.notifier = self.notifier
         self.health = DatabaseHealth(self.db, settings.redis_conn_string)
+        self.profiler = CpuProfiler(Path(settings.pprof_dir))
         self.started_at = int(time.time())
         self.setup_done = False
         self._jobs: list[asyncio.Task[None]] = []
+        self._metrics_seen: dict[object, int] = {}  # counters sampled from the writer and the rollup
 
     async def start(self, *, run_migrations: bool) -> None:
         await self.db.check_reachable()
@@ -68,7 +75,11 @@ class Runtime:
         self.every(frequency, self.relay.channels.reload, "channel re-sync")
         self.every(10, self.relay.lease_maintenance, "quota lease heartbeat")
         self.every(60, self.relay.balances.reclaim_expired, "reclaim leases of dead workers")
+        self.every(METRICS_SAMPLE_SECONDS, self._sample_metrics_job, "metrics sampler")
         self._jobs.append(asyncio.create_task(self.relay.rollup_job(), name="quota_data rollup"))
+        if self.settings.enable_pprof:  # stopped with the other jobs; a capture in progress is dropped
+            monitor = CpuMonitor.from_settings(self.profiler, self.settings)
+            self._jobs.append(asyncio.create_task(monitor.run(), name="CPU profiler monitor"))
         if self.settings.is_master:
             self.every(3600, lambda: retention_job(self), "log retention")
             self.every(86_400, lambda: partition_job(self), "log partitions")
@@ -92,7 +103,30 @@ class Runtime:
                 "shutdown: the database did not take the last log rows within %d s", SHUTDOWN_DRAIN_SECONDS
             )
         finally:
+            self.sample_metrics()
             await self.db.dispose()
+
+    async def _sample_metrics_job(self) -> None:
+        self.sample_metrics()
+
+    def sample_metrics(self) -> None:
+        """Metrics that are read rather than counted where they happen: the log writer's and the
+        rollup's counters (by difference), the log queue and the database pools. Runs every few
+        seconds, before each scrape, and once more at shutdown."""
+        writer, rollup, metrics = self.relay.writer, self.relay.rollup, self.metrics
+        metrics.log_queue_depth.set(writer.queue_depth)
+        seen = self._metrics_seen
+        for counter, now in (
+            (metrics.log_rows_written, writer.rows_written),
+            (metrics.log_batch_failures, writer.failures),
+            (metrics.rollup_flushes, rollup.flushes),
+            (metrics.rollup_rows, rollup.buckets_written),
+        ):
+            counter.inc(now - seen.get(counter, 0))
+            seen[counter] = now
+        for name, pool in self.db.pool_usage().items():
+            for state, count in pool.items():
+                metrics.db_connections(name, state).set(count)
 
     async def refresh_setup_state(self) -> bool:
         """True once a root user exists. Cached: only checked again while still false."""

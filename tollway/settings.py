@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     max_request_body_mb: int = Field(128, ge=1)
     force_stream_option: bool = True
 
+    metrics_enabled: bool = True
+    metrics_token: str = Field("", description="when set, /metrics requires Authorization: Bearer <token>")
+
+    enable_pprof: bool = Field(False, description="CPU-threshold profiler (new-api's ENABLE_PPROF)")
+    pprof_cpu_threshold: float = Field(80.0, gt=0, le=100, description="process CPU percent that triggers")
+    pprof_duration: float = Field(10.0, gt=0, description="seconds each capture lasts")
+    pprof_cooldown: float = Field(30.0, ge=0, description="seconds to wait after a capture")
+    pprof_interval: float = Field(1.0, gt=0, description="seconds between CPU samples")
+    pprof_dir: str = "./pprof"
+
     debug: bool = False
     log_dir: str = ""
     log_max_bytes: int = Field(100 * 1024 * 1024, ge=1024)

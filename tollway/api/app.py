@@ -8,6 +8,7 @@ from tollway import __version__
 from tollway.api import (
     channels,
     data,
+    debug,
     health,
     log_export,
     logs,
@@ -55,6 +56,7 @@ def build_api(runtime: Runtime) -> FastAPI:
         log_export,
         logs,
         data,
+        debug,
     )
     for module in modules:
         api.include_router(module.router, prefix="/api")

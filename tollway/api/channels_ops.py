@@ -203,6 +203,8 @@ class ChannelTester:
         if changed:
             log.warning("channel #%d (%s) %s", channel.id, channel.name, note)
             runtime.relay.channels.changed()
+            new_status = "enabled" if channel.status != CHANNEL_ENABLED else "disabled"
+            runtime.metrics.channel_status_changes(str(channel.id), new_status).inc()
             await runtime.notifier.notify_channel_status(
                 channel.id, channel.name, enabled=channel.status != CHANNEL_ENABLED, reason=reason or ""
             )
@@ -290,6 +292,7 @@ async def _refresh_balance(runtime: Runtime, channel: ChannelSnapshot, limit: as
         async with runtime.db.session() as session, session.begin():
             changed = await disable_channel(session, channel.id, reason, int(time.time()))
         if changed:
+            runtime.metrics.channel_status_changes(str(channel.id), "disabled").inc()
             await runtime.notifier.notify_channel_status(
                 channel.id, channel.name, enabled=False, reason=reason
             )

@@ -75,6 +75,18 @@ class Database:
                     f"cannot reach the database ({url.describe()}, {url.masked()}): {reason}"
                 ) from None
 
+    def pool_usage(self) -> dict[str, dict[str, int]]:
+        """Connections checked out and idle in each engine's pool (``main``, and ``logs`` when separate)."""
+        engines = {"main": self.engine, **({"logs": self.log_engine} if self.separate_logs else {})}
+        usage: dict[str, dict[str, int]] = {}
+        for name, engine in engines.items():
+            pool = engine.sync_engine.pool
+            in_use = getattr(pool, "checkedout", None)
+            idle = getattr(pool, "checkedin", None)
+            if callable(in_use) and callable(idle):
+                usage[name] = {"in_use": int(in_use()), "idle": int(idle())}
+        return usage
+
     async def dispose(self) -> None:
         await self.engine.dispose()
         if self.separate_logs:

@@ -30,13 +30,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tollway.db.dsn import DatabaseUrl
 from tollway.db.engine import Database
+from tollway.ops.metrics import OTHER, Metrics
 
 log = logging.getLogger("tollway.health")
 
+HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 PING_TIMEOUT = 3.0  # seconds per dependency: a probe must answer well within a balancer's timeout
 STATUS_TEST_MAX_AGE = 10.0  # new-api: /api/status/test pings at most once per 10 s
 READY_MAX_AGE = 2.0  # /readyz: probes come every few seconds; fresher than /api/status/test
@@ -227,11 +229,13 @@ class ActiveRequests:
     A request counts from the moment it enters until the wrapped app returns, which for a
     streamed response is after its last byte was sent (or the client went away). ``peak`` is the
     highest ``current`` seen since start (or the last :meth:`reset_peak`). Plain ints: the event
-    loop is single-threaded, so no lock is needed.
+    loop is single-threaded, so no lock is needed. With ``metrics``, every request is also counted
+    by route, method and status, and the in-flight gauge follows ``current``.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
         self.current = 0
         self.peak = 0
 
@@ -242,10 +246,33 @@ class ActiveRequests:
         self.current += 1
         if self.current > self.peak:
             self.peak = self.current
+        metrics = self.metrics
+        if metrics is None:
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.current -= 1
+            return
+        status = 500  # the app failed before answering
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        metrics.active_requests.inc()
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_noting_status)
         finally:
             self.current -= 1
+            metrics.active_requests.dec()
+            method = scope["method"]
+            metrics.http_requests(
+                metrics.route_label(scope["path"], status),
+                method if method in HTTP_METHODS else OTHER,
+                str(status),
+            ).inc()
 
     def reset_peak(self) -> None:
         self.peak = self.current

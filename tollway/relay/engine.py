@@ -29,6 +29,7 @@ from tollway.billing.pricing import (
 from tollway.db.models.lease import ACCOUNT_TOKEN, ACCOUNT_USER
 from tollway.errors import Forbidden, InternalError, ServiceUnavailable, TollwayError, UpstreamError
 from tollway.ops.masking import mask_sensitive
+from tollway.ops.metrics import OTHER, Metrics
 from tollway.options import QUOTA_PER_UNIT, RETRY_TIMES, SELF_USE_MODE_ENABLED, Options
 from tollway.providers.base import Provider, RelayRequest, UpstreamFailure, Usage
 from tollway.providers.registry import ProviderRegistry
@@ -79,6 +80,7 @@ class RelayEngine:
         upstream: UpstreamClient,
         health: ChannelHealth,
         on_channel_failure: Callable[[ChannelSnapshot, str], None],
+        metrics: Metrics | None = None,
     ) -> None:
         self.options = options
         self.accounts = accounts
@@ -91,6 +93,7 @@ class RelayEngine:
         self.prices = PriceTableCache()
         self.keys = KeyPicker()
         self._on_channel_failure = on_channel_failure
+        self.metrics = metrics or Metrics()
         self._pending: set[asyncio.Task[None]] = set()
         # Called after every charged settlement with (user id, balance before, balance after).
         self.on_settled: Callable[[int, int, int], None] | None = None
@@ -122,7 +125,7 @@ class RelayEngine:
             path_model=path_model,
         )
         caller.check_model(request.model)
-        outcome = Outcome(incoming, caller, request, prompt_tokens, started=time.monotonic())
+        outcome = Outcome(incoming, caller, request, prompt_tokens, started=time.monotonic(), route=spec.name)
         try:
             outcome.price = self._price(request.model, caller.group)
             reservation = await self._reserve(caller, outcome.price, prompt_tokens, request)
@@ -198,6 +201,8 @@ class RelayEngine:
             channel = self._next_channel(caller, request.model, outcome.tried)
             if channel is None:
                 break
+            if outcome.tried:
+                self.metrics.retries(outcome.route).inc()
             outcome.tried.append(channel.id)
             provider = self.providers.get(channel.type)
             if provider is None:
@@ -248,14 +253,26 @@ class RelayEngine:
         try:
             response = await self.upstream.send(upstream_request)
         except UpstreamTimeout:
-            self._failed(outcome, channel, last, 0, None, "upstream did not answer in time", timed_out=True)
+            self._failed(
+                outcome,
+                channel,
+                last,
+                0,
+                None,
+                "upstream did not answer in time",
+                timed_out=True,
+                error_kind="timeout",
+            )
             last.error = UpstreamError("upstream timed out", status=504, code="upstream_timeout")
             return None
         except (aiohttp.ClientError, OSError) as exc:
-            self._failed(outcome, channel, last, 0, None, f"upstream request failed: {type(exc).__name__}")
+            reason = f"upstream request failed: {type(exc).__name__}"
+            self._failed(outcome, channel, last, 0, None, reason, error_kind="connection")
             last.error = UpstreamError("upstream request failed", status=502, code="do_request_failed")
             return None
         if 200 <= response.status < 300:
+            if not request.stream:
+                self.metrics.relay_ttfb(outcome.route, "false").observe(time.monotonic() - outcome.started)
             if request.stream:
                 return self._stream(outcome, reservation, channel, provider, response)
             return await self._complete(outcome, reservation, channel, provider, response, last)
@@ -274,8 +291,10 @@ class RelayEngine:
         reason: str,
         *,
         timed_out: bool = False,
+        error_kind: str = "",
     ) -> None:
         last.status, last.failure, last.error = status, failure, None
+        self.metrics.upstream_errors(str(channel.id), error_kind or f"status_{status}").inc()
         log.warning(
             "channel #%d (%s) failed for model %s: %s%s",
             channel.id,
@@ -308,7 +327,8 @@ class RelayEngine:
             body = await response.read()
         except (aiohttp.ClientError, OSError, TimeoutError):
             response.release()
-            self._failed(outcome, channel, last, 0, None, "upstream dropped the connection while answering")
+            reason = "upstream dropped the connection while answering"
+            self._failed(outcome, channel, last, 0, None, reason, error_kind="connection")
             last.error = UpstreamError("upstream request failed", status=502, code="do_request_failed")
             return None
         headers = _copy_headers(response)
@@ -319,9 +339,8 @@ class RelayEngine:
             try:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError:
-                self._failed(
-                    outcome, channel, last, 0, None, "upstream returned a 2xx answer that is not valid JSON"
-                )
+                reason = "upstream returned a 2xx answer that is not valid JSON"
+                self._failed(outcome, channel, last, 0, None, reason, error_kind="invalid_body")
                 last.error = UpstreamError(
                     "upstream returned an invalid response", status=502, code="bad_response_body"
                 )
@@ -351,33 +370,43 @@ class RelayEngine:
         )
 
         finished = False
+        metrics = self.metrics
+        metrics.active_streams.inc()
 
-        def finish(problem: str | None) -> None:
+        def finish(problem: str | None, *, upstream_fault: bool = False) -> None:
             nonlocal finished
             if not finished:
                 finished = True
                 response.close()
+                metrics.active_streams.dec()
+                if upstream_fault:
+                    metrics.upstream_errors(str(channel.id), "stream").inc()
                 self._finish_stream(outcome, reservation, channel, relay, problem)
 
         async def chunks() -> AsyncGenerator[bytes, None]:
             problem: str | None = "the client went away"
+            upstream_fault = False
             try:
                 async for data in response.content.iter_any():
                     out = relay.feed(data)
                     if out:
                         if outcome.first_byte is None:
-                            outcome.first_byte = time.monotonic()
+                            outcome.first_byte = now = time.monotonic()
+                            metrics.relay_ttfb(outcome.route, "true").observe(now - outcome.started)
                         yield out
                 tail = relay.finish()
                 if tail:
                     yield tail
-                problem = None if relay.saw_done else "upstream ended the stream without [DONE]"
+                if not relay.saw_done:
+                    problem, upstream_fault = "upstream ended the stream without [DONE]", True
+                else:
+                    problem = None
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                problem = f"upstream stream failed: {type(exc).__name__}"
+                problem, upstream_fault = f"upstream stream failed: {type(exc).__name__}", True
             except StreamTooLarge as exc:
                 problem = str(exc)
             finally:
-                finish(problem)
+                finish(problem, upstream_fault=upstream_fault)
 
         body = chunks()
 
@@ -424,6 +453,11 @@ class RelayEngine:
         cost, entry, charge = billing_for(outcome, channel, usage, stream=stream)
         self.balances.settle(reservation, cost)
         self._submit(entry, charge)
+        self._observe(outcome, 200, channel.id)
+        model, group, metrics = outcome.request.model, outcome.caller.group, self.metrics
+        metrics.quota_spent(model, group).inc(cost)
+        metrics.tokens(model, "prompt").inc(usage.prompt_tokens)
+        metrics.tokens(model, "completion").inc(usage.completion_tokens)
         if cost > 0 and self.on_settled is not None:
             after = self.balances.balance(ACCOUNT_USER, reservation.user_id, outcome.caller.user.quota)
             self.on_settled(reservation.user_id, after + cost, after)
@@ -431,6 +465,16 @@ class RelayEngine:
     def _log_error(self, outcome: Outcome, error: TollwayError) -> None:
         entry = outcome.error_entry(error, self.channels.by_id)
         self._submit(entry, None)
+        self._observe(outcome, error.status, outcome.tried[-1] if outcome.tried else 0)
+
+    def _observe(self, outcome: Outcome, status: int, channel_id: int) -> None:
+        """Count the request once, when its log row is queued. Models are labelled only once a
+        channel was chosen for them, so clients cannot invent label values."""
+        metrics, route = self.metrics, outcome.route
+        model = outcome.request.model if outcome.tried else OTHER
+        stream = "true" if outcome.request.stream else "false"
+        metrics.relay_requests(route, str(status), model, str(channel_id), outcome.caller.group).inc()
+        metrics.relay_duration(route, stream).observe(time.monotonic() - outcome.started)
 
     def _submit(self, entry: Any, charge: Any) -> None:
         if not self.writer.submit_nowait(entry, charge):

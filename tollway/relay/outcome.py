@@ -31,6 +31,7 @@ class Outcome:
     tried: list[int] = field(default_factory=list)
     first_byte: float | None = None
     upstream_model: str = ""
+    route: str = ""  # the RouteSpec's name, for metrics
 
     def _base_entry(self, log_type: int) -> LogEntry:
         caller = self.caller

@@ -15,6 +15,7 @@ import time
 from tollway.billing.balances import LeaseBalanceStore
 from tollway.db.engine import Database
 from tollway.node_sync import NodeCounters
+from tollway.ops.metrics import Metrics
 from tollway.ops.notify import Notifier
 from tollway.options import DATA_EXPORT_ENABLED, DATA_EXPORT_INTERVAL, LOG_CONSUME_ENABLED, Options
 from tollway.providers.registry import ProviderRegistry
@@ -35,8 +36,16 @@ AZURE_DEFAULT_API_VERSION = "2024-12-01-preview"
 
 
 class RelayService:
-    def __init__(self, settings: Settings, db: Database, options: Options, counters: NodeCounters) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        options: Options,
+        counters: NodeCounters,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.db = db
+        self.metrics = metrics or Metrics()
         self.accounts = AccountCache(db, counters, ttl=settings.sync_frequency)
         self.channels = ChannelCache(db, counters)
         self.balances = LeaseBalanceStore(db)
@@ -47,6 +56,7 @@ class RelayService:
             rollup=self.rollup,
             log_consume_enabled=lambda: options.get(LOG_CONSUME_ENABLED),
         )
+        self.writer.on_batch = self.metrics.log_batch_seconds.observe
         self.upstream = UpstreamClient(
             relay_timeout=settings.relay_timeout, streaming_timeout=settings.streaming_timeout
         )
@@ -64,6 +74,7 @@ class RelayService:
             upstream=self.upstream,
             health=self.health,
             on_channel_failure=self._disable_later,
+            metrics=self.metrics,
         )
 
     async def start(self) -> None:
@@ -102,6 +113,7 @@ class RelayService:
             return
         if changed:
             self.channels.changed()
+            self.metrics.channel_status_changes(str(channel.id), "disabled").inc()
             log.warning("channel #%d (%s) was disabled automatically: %s", channel.id, channel.name, reason)
             if self.notifier is not None:
                 await self.notifier.notify_channel_status(

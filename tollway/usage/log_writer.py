@@ -106,6 +106,7 @@ class LogWriter:
         self.batches_written = 0
         self.last_batch_seconds = 0.0
         self.failures = 0
+        self.on_batch: Callable[[float], None] | None = None  # called with each batch's duration
 
     @property
     def queue_depth(self) -> int:
@@ -239,6 +240,8 @@ class LogWriter:
                 continue
             self.last_batch_seconds = time.perf_counter() - started
             self.batches_written += 1
+            if self.on_batch is not None:
+                self.on_batch(self.last_batch_seconds)
             self.rows_written += len(logged)
             if self._rollup is not None:
                 for entry in logged:

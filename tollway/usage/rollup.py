@@ -49,6 +49,7 @@ class QuotaRollup:
         self._buckets: dict[BucketKey, list[int]] = {}  # key -> [count, quota, token_used]
         self._lock = asyncio.Lock()
         self.buckets_written = 0
+        self.flushes = 0  # flushes that wrote at least one bucket
         self.failures = 0
 
     @property
@@ -91,6 +92,7 @@ class QuotaRollup:
                 self._merge_back(taken)
                 raise
             self.buckets_written += len(taken)
+            self.flushes += 1
             return len(taken)
 
     async def run(

@@ -1,0 +1,192 @@
+"""The relay's hot path as one plain ASGI handler: ``POST /v1/chat/completions`` and its siblings.
+
+Every other path goes through the general stack (request-id, body-limit, sync-point middleware,
+Starlette's router and responses). For the relayed POST routes that stack costs more than the
+gateway's own work: each middleware wraps ``send`` in another coroutine, Starlette builds request
+and response objects, and its streaming response starts a task group per stream. This handler does
+the same jobs once, inline, with identical behaviour: a request id (header, log context), the
+active-request count and metrics, the body limit (413 before the body is read whole), the options
+sync point, OpenAI-style errors, and for streams a watcher that notices a client going away, so
+the stream is cut and charged for what was delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+from starlette.types import Message, Receive, Scope, Send
+
+from tollway.errors import InternalError, PayloadTooLarge, TollwayError
+from tollway.ops.health import ActiveRequests
+from tollway.ops.logging import request_id_var
+from tollway.ops.metrics import Metrics
+from tollway.ops.request_id import new_request_id
+from tollway.options import Options
+from tollway.relay.engine import RelayEngine
+from tollway.relay.incoming import Incoming, Reply, StreamReply
+from tollway.relay.requests import RouteSpec
+
+log = logging.getLogger("tollway.relay.front")
+
+_REQUEST_ID = b"x-oneapi-request-id"
+_JSON = (b"content-type", b"application/json")
+_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class RelayFront:
+    """Serves the exact-path relay routes in ``routes``; the app sends everything else elsewhere."""
+
+    def __init__(
+        self,
+        engine: RelayEngine,
+        options: Options,
+        routes: dict[str, RouteSpec],
+        *,
+        active: ActiveRequests,
+        metrics: Metrics | None,
+        body_limit: int,
+    ) -> None:
+        self.engine = engine
+        self.options = options
+        self.routes = routes
+        self.active = active
+        self.metrics = metrics
+        self.body_limit = body_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, spec: RouteSpec) -> None:
+        active, metrics = self.active, self.metrics
+        active.current += 1
+        if active.current > active.peak:
+            active.peak = active.current
+        if metrics is not None:
+            metrics.active_requests.inc()
+        request_id = new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        context = request_id_var.set(request_id)
+        status = 500
+        try:
+            status = await self._handle(scope, receive, send, spec, request_id)
+        finally:
+            request_id_var.reset(context)
+            active.current -= 1
+            if metrics is not None:
+                metrics.active_requests.dec()
+                metrics.http_requests(scope["path"], "POST", str(status)).inc()
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, spec: RouteSpec, request_id: str
+    ) -> int:
+        """Answer the request; return the status sent."""
+        id_header = (_REQUEST_ID, request_id.encode())
+        try:
+            body = await self._read_body(scope, receive)
+            await self.options.refresh_if_changed()
+            client = scope.get("client")
+            incoming = Incoming(
+                method="POST",
+                path=scope["path"],
+                query=scope.get("query_string", b"").decode("latin-1"),
+                headers={name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]},
+                body=body,
+                client_ip=client[0] if client else "",
+                request_id=request_id,
+            )
+            result = await self.engine.relay(incoming, spec)
+        except TollwayError as error:
+            return await _send_error(send, error, request_id, id_header)
+        except Exception:
+            log.exception("relay request failed")
+            return await _send_error(send, InternalError("internal error"), request_id, id_header)
+        if isinstance(result, Reply):
+            headers = _encode(result.headers)
+            headers.append((b"content-length", str(len(result.body)).encode()))
+            headers.append(id_header)
+            await send({"type": "http.response.start", "status": result.status, "headers": headers})
+            await send({"type": "http.response.body", "body": result.body})
+            return result.status
+        await _send_stream(result, receive, send, id_header)
+        return result.status
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole body, refused with 413 as soon as it is known to pass the limit."""
+        limit = self.body_limit
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > limit:
+                    raise _too_large(limit)
+                break
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise InternalError("the client went away before sending its request")
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body larger than {limit // (1024 * 1024)} MB")
+
+
+def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+async def _send_error(
+    send: Send, error: TollwayError, request_id: str, id_header: tuple[bytes, bytes]
+) -> int:
+    body = orjson.dumps(error.openai_body(request_id))
+    headers = [_JSON, (b"content-length", str(len(body)).encode()), id_header]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+    return error.status
+
+
+async def _send_stream(
+    reply: StreamReply, receive: Receive, send: Send, id_header: tuple[bytes, bytes]
+) -> None:
+    """Pass the stream through chunk by chunk; always close the reply (it settles the request).
+
+    uvicorn drops writes to a client that went away without telling the app, so a watcher waits
+    for ``http.disconnect`` and cancels the copy loop: the engine then settles for what was sent.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    finished = client_gone = False
+
+    async def watch_disconnect() -> None:
+        nonlocal client_gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not finished:
+            client_gone = True
+            task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch_disconnect())
+    headers = _encode(reply.headers)
+    headers.append(id_header)
+    try:
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        async for chunk in reply.chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finished = True
+        await send(_END)
+    except asyncio.CancelledError:
+        if not client_gone:
+            raise
+        task.uncancel()
+    except OSError:
+        pass  # the connection broke while writing: the client is gone
+    finally:
+        finished = True
+        watcher.cancel()
+        await reply.close()
