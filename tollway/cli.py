@@ -97,6 +97,9 @@ def serve(port: int | None, host: str | None, workers: int | None, log_dir: str 
             "CRYPTO_SECRET": settings.crypto_secret,
         }
     )
+    # glibc gives each thread that allocates its own malloc arena (the SQLite driver's thread, the
+    # thread pool): two arenas keep a worker's resident memory lower at no measurable cost.
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     sync_file = NodeCounters.create_file(settings.data_dir)
     os.environ[NODE_SYNC_ENV] = sync_file
     metrics_dir = _fresh_metrics_dir(settings.data_dir)

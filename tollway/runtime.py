@@ -15,7 +15,6 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from tollway.db.engine import Database
-from tollway.db.migrate import migrate
 from tollway.db.models import Setup, User
 from tollway.db.models.user import ROLE_ROOT
 from tollway.node_sync import NodeCounters
@@ -64,6 +63,8 @@ class Runtime:
     async def start(self, *, run_migrations: bool) -> None:
         await self.db.check_reachable()
         if run_migrations:
+            from tollway.db.migrate import migrate  # alembic is big: only a migrating process loads it
+
             await migrate(self.db)
         await self.options.load()
         await self.refresh_setup_state()

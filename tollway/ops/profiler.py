@@ -31,14 +31,14 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import orjson
-from pyinstrument import Profiler
-from pyinstrument.renderers import ConsoleRenderer, HTMLRenderer, SpeedscopeRenderer
-from pyinstrument.session import Session
 
 from tollway.settings import Settings
+
+if TYPE_CHECKING:
+    from pyinstrument.session import Session
 
 log = logging.getLogger("tollway.profiler")
 
@@ -96,6 +96,8 @@ class CpuProfiler:
             raise ProfilerBusy(f"a CPU profile is already being captured in this process (pid {os.getpid()})")
         try:
             started = datetime.now(UTC)
+            from pyinstrument import Profiler  # imported on use: workers that never profile skip it
+
             profiler = Profiler(interval=self.sample_interval, async_mode="disabled")
             profiler.start(target_description=f"Tollway pid {os.getpid()}: {reason}, {seconds:g} s")
             try:
@@ -258,6 +260,8 @@ def load_session(path: Path) -> Session:
     try:
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
+        from pyinstrument.session import Session
+
         session: Session = Session.from_json(orjson.loads(raw))
     except (OSError, EOFError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise ProfileFileError(f"{path} is not a pyinstrument profile: {exc}") from None
@@ -267,6 +271,8 @@ def load_session(path: Path) -> Session:
 def render(session: Session, fmt: Format) -> str:
     """``html``: interactive call tree and timeline; ``speedscope``: JSON for speedscope.app's
     flame graph; ``text``: the call tree."""
+    from pyinstrument.renderers import ConsoleRenderer, HTMLRenderer, SpeedscopeRenderer
+
     if fmt == "html":
         text: str = HTMLRenderer().render(session)
     elif fmt == "speedscope":
