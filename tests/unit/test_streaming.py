@@ -367,7 +367,16 @@ def test_responses_api_stream() -> None:
         assert run(r, stream, 2) == stream
         assert not r.saw_done  # the Responses API ends without [DONE]
         assert r.usage == Usage(prompt_tokens=9, completion_tokens=3)
-    assert counter.fed == ["Hello", " world"] * 2
+    assert counter.fed == []  # the upstream's usage made counting moot: the deltas were never parsed
+    without_usage = stream.replace(
+        b'"usage":{"input_tokens":9,"output_tokens":3,"total_tokens":12}', b'"usage":null'
+    )
+    assert without_usage != stream
+    r = relay(wants=False, counter=counter)
+    assert run(r, without_usage, 2) == without_usage
+    assert r.usage is None
+    assert r.final_usage().completion_tokens == 2
+    assert counter.fed == ["Hello", " world"]
 
 
 # ----- ends, limits, memory -------------------------------------------------------------------
