@@ -186,7 +186,10 @@ def _message_tokens(enc: tiktoken.Encoding, message: object, per_message: int, p
     """Tokens of one chat message: overhead, role, content, name and calls."""
     if not isinstance(message, dict):
         return per_message + _value_tokens(enc, message)
-    total = per_message + _value_tokens(enc, message.get("role"))
+    role = message.get("role")
+    total = per_message + (
+        _role_tokens(enc.name, role) if isinstance(role, str) else _value_tokens(enc, role)
+    )
     total += _content_tokens(enc, message.get("content"))
     if "name" in message:
         total += per_name + _value_tokens(enc, message["name"])
@@ -195,6 +198,12 @@ def _message_tokens(enc: tiktoken.Encoding, message: object, per_message: int, p
     if "function_call" in message:
         total += _call_tokens(enc, message["function_call"])
     return total
+
+
+@functools.lru_cache(maxsize=64)
+def _role_tokens(encoding: str, role: str) -> int:
+    """Tokens of a role name: a handful of values, counted once instead of on every message."""
+    return _n(load_encoding(encoding), role)
 
 
 def _tool_calls_tokens(enc: tiktoken.Encoding, tool_calls: object) -> int:
