@@ -106,10 +106,15 @@ class TollwayApp:
 
 
 def create_app(
-    settings: Settings, *, run_migrations: bool = False, runtime: Runtime | None = None
+    settings: Settings,
+    *,
+    run_migrations: bool = False,
+    runtime: Runtime | None = None,
+    freeze_gc: bool = False,
 ) -> TollwayApp:
     """Build the application. ``run_migrations`` applies migrations at start (single process only:
-    with several workers the CLI migrates once before starting them)."""
+    with several workers the CLI migrates once before starting them). ``freeze_gc`` (server
+    workers) moves what start-up loaded out of the cyclic collector's way."""
     runtime = runtime or Runtime(settings)
 
     @asynccontextmanager
@@ -126,8 +131,9 @@ def create_app(
             )
         # Everything loaded at start (modules, caches, the tokenizers' tables) lives as long as the
         # process: out of the collector's way, so full collections stay short under load.
-        gc.collect()
-        gc.freeze()
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
@@ -178,4 +184,4 @@ def app_from_environment() -> TollwayApp:
         max_bytes=settings.log_max_bytes,
         backups=settings.log_backup_count,
     )
-    return create_app(settings)
+    return create_app(settings, freeze_gc=True)
