@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run test lint typecheck pytest services tools bench bench-quick clean
+.PHONY: run test lint typecheck pytest services tools bench bench-quick bench-logs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: $(VENV)/.installed-run services tools
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python bench/log_writer.py --db sqlite
 	$(BIN)/python bench/log_writer.py --db postgres
+
+## bench-logs: the console's log queries on 10 million seeded rows, SQLite then PostgreSQL (first seeding ~20 min each)
+bench-logs: $(VENV)/.installed-run services
+	$(BIN)/python bench/logs_scale.py --db sqlite --rows $(or $(LOG_ROWS),10000000) $(BENCH_LOGS_ARGS)
+	$(BIN)/python bench/logs_scale.py --db postgres --rows $(or $(LOG_ROWS),10000000) $(BENCH_LOGS_ARGS)
 
 ## bench-quick: the CI-sized benchmark (~25 s; needs wrk), fails on a gross regression
 bench-quick: $(VENV)/.installed-run tools

@@ -21,6 +21,11 @@ dropped; new entries queue behind it up to ``max_queue``, after which ``submit``
 and ``submit_nowait`` returns False. So that one bad value cannot make a batch fail forever, strings
 longer than their column are cut to fit (VARCHAR lengths everywhere; TEXT's 64 KiB on MySQL).
 
+The hourly summaries of the logs (``tollway.usage.log_counts``) change in the same transaction as
+the rows: through the triggers on ``logs``, except on SQLite, whose triggers run per row: there the
+batch is summed per key in Python and applied with one upsert per summary table, while a row in
+``log_counts_paused`` (inserted and deleted inside the transaction) tells the trigger to stand by.
+
 Consume entries (type 2) are not inserted while ``log_consume_enabled()`` is false (read per batch),
 but their charges are still applied. After a batch commits, the consume entries that were logged feed
 the hourly rollup (as in new-api, quota data is aggregated from consume logs only, so disabling
@@ -36,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from sqlalchemy import Dialect, String, Table
@@ -44,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tollway.db.engine import Database
 from tollway.db.models.log import LOG_CONSUME, Log
+from tollway.usage.log_counts import DIMENSIONS, PAUSED, BatchCounts, apply_batch_sqlite
 from tollway.usage.records import Charge, ChargeApplier, LogEntry
 from tollway.usage.rollup import QuotaRollup, describe_error
 
@@ -52,6 +58,10 @@ log = logging.getLogger("tollway.usage.log_writer")
 _FIELDS = tuple(f.name for f in fields(LogEntry))
 _values = attrgetter(*_FIELDS)
 _COLUMN_KEYS = tuple("group_name" if name == "group" else name for name in _FIELDS)
+_dims = itemgetter(*(_COLUMN_KEYS.index(name) for name in DIMENSIONS))  # a row's summary key
+_CREATED, _QUOTA, _PROMPT, _COMPLETION = (
+    _COLUMN_KEYS.index(name) for name in ("created_at", "quota", "prompt_tokens", "completion_tokens")
+)
 _ROWS_PER_STATEMENT = min(1_500, 30_000 // len(_FIELDS))
 _CHARS_PER_STATEMENT = 2_000_000  # of content + other: keeps statements under MySQL's max_allowed_packet
 _MYSQL_TEXT_CHARS = 65_535 // 4  # TEXT holds 64 KiB, and a utf8mb4 character takes up to 4 bytes
@@ -280,6 +290,9 @@ class LogWriter:
         conn = await session.connection()
         dialect = conn.dialect
         limits = _limits(dialect.name)
+        counts = BatchCounts() if dialect.name == "sqlite" else None
+        if counts is not None:
+            await conn.exec_driver_sql(f"INSERT INTO {PAUSED} (id) VALUES (1)")
         params: list[Any] = []
         rows = chars = 0
         for entry in entries:
@@ -287,6 +300,10 @@ class LogWriter:
             for index, limit in limits:
                 if len(values[index]) > limit:
                     values = (*values[:index], values[index][:limit], *values[index + 1 :])
+            if counts is not None:
+                counts.add(
+                    values[_CREATED], _dims(values), values[_QUOTA], values[_PROMPT], values[_COMPLETION]
+                )
             params.extend(values)
             rows += 1
             chars += len(entry.content) + len(entry.other)
@@ -295,6 +312,9 @@ class LogWriter:
                 params, rows, chars = [], 0, 0
         if rows:
             await conn.exec_driver_sql(self._insert_sql(dialect, rows), tuple(params))
+        if counts is not None:
+            await apply_batch_sqlite(conn, counts)
+            await conn.exec_driver_sql(f"DELETE FROM {PAUSED}")
 
     def _insert_sql(self, dialect: Dialect, rows: int) -> str:
         """``INSERT INTO logs (…) VALUES (…), (…)`` for ``rows`` rows in the driver's paramstyle."""

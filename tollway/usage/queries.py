@@ -6,22 +6,31 @@ parameters, then call these functions.
 The ``logs`` table may live in its own database (``LOG_SQL_DSN``), so every log read goes through
 ``db.log_session()`` and never joins a main-database table: channel names are fetched from the
 main database by id set and joined in Python (as new-api does). Every filter maps onto an indexed
-column, and list totals are an exact ``COUNT(*)`` with the same filters.
+column.
+
+List totals and statistics are exact without scanning millions of rows: the whole UTC hours of
+the range are summed from the hourly summaries that triggers keep in step with ``logs``
+(``log_type_counts`` when only the type is filtered, ``log_dim_counts`` when one other
+column is, ``log_counts`` for several; see ``tollway.usage.log_counts``), and only the partial hours at the range's edges are counted in
+``logs`` itself, through its ``(x, created_at)`` indexes. Both parts are read by one statement, so
+they see the same snapshot. A ``request_id`` filter (which the summaries do not carry, and which
+is selective anyway) is counted in ``logs`` directly.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, SQLColumnExpression, func, or_, select
+from sqlalchemy import ColumnElement, Select, SQLColumnExpression, func, or_, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tollway.db.engine import Database
 from tollway.db.models import Channel, Log, QuotaData
-from tollway.db.models.log import LOG_CONSUME
+from tollway.db.models.log import LOG_CONSUME, LogCount, LogDimCount, LogTypeCount
+from tollway.usage.log_counts import BUCKET_SECONDS, DIM_CODES, bucket_of
 
 SEARCH_LIMIT = 100  # rows answered by the search routes and the unpaged token route
 DELETE_BATCH = 1000  # rows removed per statement (and per transaction) by DELETE /api/log/
@@ -33,6 +42,9 @@ def like_pattern(value: str) -> str:
     """``value`` for a LIKE where ``%`` stays the caller's wildcard and ``_`` is a plain character
     (model names contain underscores; new-api's console only ever sends ``%``)."""
     return value.replace(LIKE_ESCAPE, LIKE_ESCAPE * 2).replace("_", LIKE_ESCAPE + "_")
+
+
+FilteredTable = type[Log] | type[LogCount]  # (``LogFilter.type`` shadows ``type`` in the class)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,40 +64,158 @@ class LogFilter:
     token_id: int | None = None
 
     def conditions(self, *, with_type: bool = True, with_range: bool = True) -> list[ColumnElement[bool]]:
-        found: list[ColumnElement[bool]] = []
-        if self.user_id is not None:
-            found.append(Log.user_id == self.user_id)
-        if self.token_id is not None:
-            found.append(Log.token_id == self.token_id)
+        found = self.dimension_conditions(Log)
         if with_type and self.type:
             found.append(Log.type == self.type)
         if with_range:
             found.extend(self.range_conditions())
+        if self.request_id:
+            found.append(Log.request_id == self.request_id)
+        return found
+
+    def dimension_conditions(self, table: FilteredTable) -> list[ColumnElement[bool]]:
+        """The filters on the columns ``logs`` and ``log_counts`` share (all but type, range and
+        request id), on ``table``."""
+        found: list[ColumnElement[bool]] = []
+        if self.user_id is not None:
+            found.append(table.user_id == self.user_id)
+        if self.token_id is not None:
+            found.append(table.token_id == self.token_id)
         for column, value in (
-            (Log.username, self.username),
-            (Log.token_name, self.token_name),
-            (Log.group, self.group),
-            (Log.request_id, self.request_id),
+            (table.username, self.username),
+            (table.token_name, self.token_name),
+            (table.group, self.group),
         ):
             if value:
                 found.append(column == value)
         if self.model_name:
             found.append(
-                Log.model_name.like(like_pattern(self.model_name), escape=LIKE_ESCAPE)
+                table.model_name.like(like_pattern(self.model_name), escape=LIKE_ESCAPE)
                 if "%" in self.model_name
-                else Log.model_name == self.model_name
+                else table.model_name == self.model_name
             )
         if self.channel_id:
-            found.append(Log.channel_id == self.channel_id)
+            found.append(table.channel_id == self.channel_id)
         return found
 
-    def range_conditions(self) -> list[ColumnElement[bool]]:
+    def range_conditions(self, created_at: ColumnElement[int] | None = None) -> list[ColumnElement[bool]]:
+        column = Log.created_at.expression if created_at is None else created_at
         found: list[ColumnElement[bool]] = []
         if self.start:
-            found.append(Log.created_at >= self.start)
+            found.append(column >= self.start)
         if self.end:
-            found.append(Log.created_at <= self.end)
+            found.append(column <= self.end)
         return found
+
+
+# ----- exact totals -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    count: int
+    quota: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def whole_hours(start: int | None, end: int | None) -> tuple[int | None, int | None] | None:
+    """``(lo, hi)``: the whole UTC hours ``[lo, hi)`` inside ``[start, end]`` (``None`` bounds are
+    open, as a falsy ``start``/``end`` is in :class:`LogFilter`); ``None`` when there are none."""
+    lo = start + (-start) % BUCKET_SECONDS if start else None
+    hi = bucket_of(end + 1) if end else None
+    if lo is not None and hi is not None and lo >= hi:
+        return None
+    return lo, hi
+
+
+def _raw_part(conditions: list[ColumnElement[bool]], sums: bool) -> Select[Any]:
+    columns: list[ColumnElement[Any]] = [func.count()]
+    if sums:
+        columns += [
+            func.coalesce(func.sum(column), 0)
+            for column in (Log.quota, Log.prompt_tokens, Log.completion_tokens)
+        ]
+    return select(*columns).select_from(Log).where(*conditions)
+
+
+def _single_dimension(flt: LogFilter) -> list[ColumnElement[bool]] | None:
+    """``log_dim_counts`` conditions when ``flt`` filters on exactly one of the shared columns."""
+    values = [
+        (column, value)
+        for column, value in (
+            ("user_id", None if flt.user_id is None else str(flt.user_id)),
+            ("token_id", None if flt.token_id is None else str(flt.token_id)),
+            ("username", flt.username or None),
+            ("token_name", flt.token_name or None),
+            ("group_name", flt.group or None),
+            ("model_name", flt.model_name or None),
+            ("channel_id", str(flt.channel_id) if flt.channel_id else None),
+        )
+        if value is not None
+    ]
+    if len(values) != 1:
+        return None
+    column, value = values[0]
+    matches = (
+        LogDimCount.value.like(like_pattern(value), escape=LIKE_ESCAPE)
+        if column == "model_name" and "%" in value
+        else LogDimCount.value == value
+    )
+    return [LogDimCount.dim == DIM_CODES[column], matches]
+
+
+def _summary_part(flt: LogFilter, lo: int | None, hi: int | None, sums: bool) -> Select[Any]:
+    """The sums over the whole hours ``[lo, hi)`` from the smallest summary that can answer:
+    per (hour, type) without filters, per (filter value, hour, type) with one, else the full key."""
+    single = _single_dimension(flt)
+    table: type[LogCount] | type[LogTypeCount] | type[LogDimCount]
+    if single is not None:
+        table, conditions = LogDimCount, single
+    else:
+        conditions = flt.dimension_conditions(LogCount)
+        table = LogCount if conditions else LogTypeCount
+    if flt.type:
+        conditions.append(table.type == flt.type)
+    if lo is not None:
+        conditions.append(table.bucket >= lo)
+    if hi is not None:
+        conditions.append(table.bucket < hi)
+    summed = [table.count] + ([table.quota, table.prompt_tokens, table.completion_tokens] if sums else [])
+    columns: list[ColumnElement[Any]] = [func.coalesce(func.sum(column), 0) for column in summed]
+    return select(*columns).where(*conditions)
+
+
+def totals_statement(flt: LogFilter, *, sums: bool = False) -> Select[Any] | Any:
+    """One statement answering the rows matching ``flt`` (count, and with ``sums`` the sums of
+    quota and tokens) as one row per part: the summary's whole hours, then the raw edge hours."""
+    split = None if flt.request_id else whole_hours(flt.start, flt.end)
+    if split is None:
+        return _raw_part(flt.conditions(), sums)
+    lo, hi = split
+    parts: list[Select[Any]] = [_summary_part(flt, lo, hi, sums)]
+    outside = flt.conditions(with_range=False)
+    if flt.start and lo is not None and lo > flt.start:
+        parts.append(_raw_part([*outside, Log.created_at >= flt.start, Log.created_at < lo], sums))
+    if flt.end and hi is not None and hi <= flt.end:
+        parts.append(_raw_part([*outside, Log.created_at >= hi, Log.created_at <= flt.end], sums))
+    return parts[0] if len(parts) == 1 else union_all(*parts)
+
+
+async def custom_plans(session: AsyncSession) -> None:
+    """Have PostgreSQL plan this transaction's statements for their actual values. After five runs
+    of a prepared statement it may switch to a generic plan, blind to which user or hour is asked
+    for: measured at 10M logs, 150-200 ms instead of 15 ms for a busy user's totals."""
+    conn = await session.connection()
+    if conn.dialect.name == "postgresql" and (conn.dialect.server_version_info or (0,)) >= (12,):
+        await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+
+async def count_totals(session: AsyncSession, flt: LogFilter, *, sums: bool = False) -> Totals:
+    """The exact number of logs matching ``flt`` (and their quota and token sums with ``sums``)."""
+    rows = (await session.execute(totals_statement(flt, sums=sums))).all()
+    added = [sum(int(row[i] or 0) for row in rows) for i in range(len(rows[0]))]
+    return Totals(*added)
 
 
 # ----- lists ------------------------------------------------------------------------------------
@@ -102,9 +232,12 @@ async def list_logs(
 ) -> LogPage:
     """One page, newest first. With ``before_id`` the page is the ``limit`` rows with a smaller id
     (keyset paging: as fast on page 10 000 as on page 1); otherwise ``offset`` rows are skipped."""
-    conditions = flt.conditions()
     async with db.log_session() as session:
-        total = int(await session.scalar(select(func.count()).select_from(Log).where(*conditions)) or 0)
+        await custom_plans(session)
+        total = (await count_totals(session, flt)).count
+        conditions = flt.conditions()
+        if before_id is None and await _walk_ids(session, flt, offset + limit, total):
+            conditions = [*flt.conditions(with_range=False), *flt.range_conditions(Log.created_at + 0)]
         query = select(Log).where(*conditions).order_by(Log.id.desc()).limit(limit)
         if before_id is not None:
             query = query.where(Log.id < before_id)
@@ -114,6 +247,22 @@ async def list_logs(
             query = query.offset(offset)
         rows = (await session.scalars(query)).all()
     return LogPage(rows=rows, total=total)
+
+
+async def _walk_ids(session: AsyncSession, flt: LogFilter, wanted: int, total: int) -> bool:
+    """Whether SQLite should find a page of a time range by walking ids down (through the primary
+    key, or a filter column's index, which SQLite orders by id) and checking each row's time,
+    rather than read every row of the range through a ``(x, created_at)`` index and sort them all
+    by id, as its planner prefers. Walking costs about the rows newer than the range plus the rows
+    wanted (ids grow with time); sorting costs the whole range: the exact counts decide. (A
+    ``created_at + 0`` condition is what keeps SQLite off the time indexes; PostgreSQL plans this
+    well by itself, and there it would also defeat partition pruning.)"""
+    if not (flt.start or flt.end) or flt.request_id:
+        return False
+    if (await session.connection()).dialect.name != "sqlite":
+        return False
+    newer = (await count_totals(session, replace(flt, start=flt.end + 1, end=None))).count if flt.end else 0
+    return newer + wanted < total
 
 
 async def newest_logs(db: Database, flt: LogFilter, limit: int) -> Sequence[Log]:
@@ -240,15 +389,15 @@ class LogStat:
 async def log_stat(db: Database, flt: LogFilter, *, now: int) -> LogStat:
     """Consume statistics under ``flt`` (its type is ignored: always consume). Only the range sums
     honour start/end; the last-minute and today figures apply the other filters to their window."""
-    base = [Log.type == LOG_CONSUME, *flt.conditions(with_type=False, with_range=False)]
+    consume = replace(flt, type=LOG_CONSUME)
     tokens = Log.prompt_tokens + Log.completion_tokens
+    recent = [*consume.conditions(with_range=False), Log.created_at >= now - RECENT_SECONDS]
     async with db.log_session() as session:
-        total_requests, quota = await _count_and_sum(session, base + flt.range_conditions(), Log.quota)
-        rpm, tpm = await _count_and_sum(session, [*base, Log.created_at >= now - RECENT_SECONDS], tokens)
-        today_requests, today_quota = await _count_and_sum(
-            session, [*base, Log.created_at >= now - now % 86400], Log.quota
-        )
-    return LogStat(quota, total_requests, rpm, tpm, today_requests, today_quota)
+        await custom_plans(session)
+        in_range = await count_totals(session, consume, sums=True)
+        today = await count_totals(session, replace(consume, start=now - now % 86400, end=None), sums=True)
+        rpm, tpm = await _count_and_sum(session, recent, tokens)
+    return LogStat(in_range.quota, in_range.count, rpm, tpm, today.count, today.quota)
 
 
 async def _count_and_sum(
@@ -260,9 +409,6 @@ async def _count_and_sum(
         )
     ).one()
     return int(row[0] or 0), int(row[1] or 0)
-
-
-# ----- retention --------------------------------------------------------------------------------
 
 
 # ----- quota_data -------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ left (the month the cutoff falls in, and ``logs_default``) is deleted in bounded
 everything goes in batches. Each batch is its own short transaction, so the relay's log writer and
 the console's reads never wait long behind a big cleanup.
 
+The hourly summaries (``tollway.usage.log_counts``) stay exact: the batched deletes fire the
+triggers on ``logs``; a dropped partition fires none, so its whole hours are deleted from the
+summaries in the transaction that drops it.
+
 The master node runs :func:`retention_job` every hour when the ``LogRetentionDays`` option is set;
 operators can purge by hand with ``tollway logs purge --before YYYY-MM-DD``.
 """
@@ -23,8 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tollway.db.engine import Database
 from tollway.db.models import Log
+from tollway.db.models.log import LogCount, LogDimCount, LogTypeCount
 from tollway.options import REGISTRY, OptionError
+from tollway.usage.log_counts import BUCKET_SECONDS
 from tollway.usage.partition_jobs import MonthPartition, month_partitions, serialise_structure_changes
+from tollway.usage.queries import LogFilter, count_totals
 
 if TYPE_CHECKING:
     from tollway.runtime import Runtime
@@ -50,10 +57,12 @@ LOG_RETENTION_DAYS = REGISTRY.declare("LogRetentionDays", 0, _retention_days)
 
 
 async def count_logs_before(db: Database, cutoff: int) -> int:
-    """How many logs have ``created_at < cutoff`` (an index range count on ``created_at``)."""
-    async with db.log_engine.connect() as conn:
+    """How many logs have ``created_at < cutoff`` (whole hours from the summaries)."""
+    async with db.log_session() as session:
+        if cutoff > 1:
+            return (await count_totals(session, LogFilter(end=cutoff - 1))).count
         query = select(func.count()).select_from(Log).where(Log.created_at < cutoff)
-        return int(await conn.scalar(query) or 0)
+        return int(await session.scalar(query) or 0)
 
 
 def _batch_statement(dialect: str, cutoff: int, batch_size: int) -> Delete:
@@ -74,7 +83,15 @@ async def _drop_partition(conn: AsyncConnection, part: MonthPartition) -> int:
         return 0  # another purge dropped it while we waited for the lock
     rows = int(await conn.scalar(text(f'SELECT count(*) FROM "{part.name}"')) or 0)
     await conn.execute(text(f'DROP TABLE "{part.name}"'))
+    for summary in (LogCount, LogTypeCount, LogDimCount):  # the partition held exactly these hours
+        await conn.execute(delete(summary).where(summary.bucket >= part.lower, summary.bucket < part.upper))
     return rows
+
+
+def _whole_hours(part: MonthPartition) -> bool:
+    """Whether the partition's bounds fall on hours, so that its rows are whole summary buckets
+    (always, for months; any other partition's rows are deleted in batches, firing the triggers)."""
+    return part.lower % BUCKET_SECONDS == 0 and part.upper % BUCKET_SECONDS == 0
 
 
 async def drop_old_partitions(db: Database, cutoff: int) -> int:
@@ -83,7 +100,7 @@ async def drop_old_partitions(db: Database, cutoff: int) -> int:
     A partition whose DROP cannot get its lock within ``DROP_LOCK_TIMEOUT`` (a long export or
     report is reading it) is left in place: the batched delete that follows removes its rows."""
     async with db.log_engine.connect() as conn:
-        parts = [part for part in await month_partitions(conn) if part.upper <= cutoff]
+        parts = [part for part in await month_partitions(conn) if part.upper <= cutoff and _whole_hours(part)]
     dropped = 0
     for part in parts:
         try:

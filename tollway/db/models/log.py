@@ -3,7 +3,7 @@ separate database (``LOG_SQL_DSN``) and, on PostgreSQL, is range-partitioned by 
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Index, Integer, SmallInteger, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tollway.db.base import BigId, LogBase
@@ -41,3 +41,91 @@ class Log(LogBase):
         Index("idx_logs_token_time", "token_id", "created_at"),
         Index("idx_logs_type_time", "type", "created_at"),
     )
+
+
+class LogCount(LogBase):
+    """Exact per-hour sums of ``logs`` by every column the log lists filter on (issue 5), read when
+    several filters are combined.
+
+    Kept by database triggers on ``logs`` (``tollway.usage.log_counts``), so whatever inserts or
+    deletes log rows, in whichever transaction, this table changes in the same one. List totals and
+    statistics read whole hours here and count only the partial edge hours in ``logs``."""
+
+    __tablename__ = "log_counts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    bucket: Mapped[int] = mapped_column(BigInteger)  # start of the UTC hour (unix seconds)
+    type: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[int] = mapped_column(Integer)
+    username: Mapped[str] = mapped_column(String(64))
+    token_id: Mapped[int] = mapped_column(Integer)
+    token_name: Mapped[str] = mapped_column(String(255))
+    channel_id: Mapped[int] = mapped_column(Integer)
+    model_name: Mapped[str] = mapped_column(String(255))
+    group: Mapped[str] = mapped_column("group_name", String(64))
+    count: Mapped[int] = mapped_column(BigInteger)
+    quota: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        UniqueConstraint(
+            "bucket",
+            "type",
+            "user_id",
+            "token_id",
+            "channel_id",
+            "model_name",
+            "username",
+            "token_name",
+            "group_name",
+            name="uq_log_counts_key",
+        ),
+        Index("idx_log_counts_user", "user_id", "bucket"),
+        Index("idx_log_counts_username", "username", "bucket"),
+        Index("idx_log_counts_token", "token_id", "bucket"),
+        Index("idx_log_counts_channel", "channel_id", "bucket"),
+        Index("idx_log_counts_model", "model_name", "bucket"),
+        Index("idx_log_counts_group", "group_name", "bucket"),
+    )
+
+
+class LogTypeCount(LogBase):
+    """The same sums per (hour, type) only: what an unfiltered list or statistic reads, a few
+    thousand rows however many logs there are."""
+
+    __tablename__ = "log_type_counts"
+
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    type: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    quota: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class LogDimCount(LogBase):
+    """The same sums per (one filter's value, hour, type): what a list or statistic filtered on a
+    single column (a user, a model, a channel…) reads, a few rows per hour. ``dim`` says which
+    column (``tollway.usage.log_counts.DIM_CODES``); ``value`` is its value as text."""
+
+    __tablename__ = "log_dim_counts"
+
+    dim: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    value: Mapped[str] = mapped_column(String(255), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    type: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(BigInteger)
+    quota: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class LogCountsPaused(LogBase):
+    """Holds a row only inside a SQLite transaction of the log writer, which then maintains the
+    summaries itself with one upsert per batch instead of nine per row (the insert trigger checks
+    this table first). Other connections never see the row: it is deleted before the commit."""
+
+    __tablename__ = "log_counts_paused"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
