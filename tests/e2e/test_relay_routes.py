@@ -109,6 +109,7 @@ async def test_steady_state_requests_make_no_database_round_trip(live: Live, ups
         for engine in engines:
             event.remove(engine, "before_cursor_execute", count)
     assert "SELECT" not in statements  # no lookups per request
-    # Only the log writer's batches touch the database: a handful of statements per batch.
+    # Only the log writer's batches touch the database: a handful of statements per batch (on SQLite
+    # with the log summaries' upserts and their trigger marker: about 11).
     assert 1 <= batches <= 20
-    assert len(statements) <= batches * 8, statements
+    assert len(statements) <= batches * 12, statements
