@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -39,16 +38,6 @@ BASE = NOW - NOW % H - 48 * H  # an hour boundary two days ago
 class NoCharges:
     async def apply(self, session: Any, charges: Any) -> None:
         return None
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database(settings)
-    await migrate(database)
-    try:
-        yield database
-    finally:
-        await database.dispose()
 
 
 def entry(i: int, created_at: int, **overrides: Any) -> LogEntry:

@@ -3,7 +3,6 @@ and moves rows that landed in ``logs_default`` into their new partition; elsewhe
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -11,10 +10,8 @@ from sqlalchemy import func, select, text
 
 from tests.conftest import AppHarness
 from tollway.db.engine import Database
-from tollway.db.migrate import migrate
 from tollway.db.models import Log
 from tollway.db.partitions import add_months
-from tollway.settings import Settings
 from tollway.usage.partition_jobs import ensure_partitions, partition_job
 
 pytestmark = pytest.mark.db
@@ -31,16 +28,6 @@ def at(offset: int, day: int = 1) -> int:
 def name(offset: int) -> str:
     year, month = add_months(NOW.year, NOW.month, offset)
     return f"logs_p{year:04d}{month:02d}"
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database(settings)
-    await migrate(database)
-    try:
-        yield database
-    finally:
-        await database.dispose()
 
 
 async def sql(db: Database, statement: str) -> list[tuple[object, ...]]:

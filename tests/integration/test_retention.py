@@ -5,7 +5,6 @@ the hourly job follows ``LogRetentionDays``, and ``tollway logs purge`` works fr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,16 +41,6 @@ def at(offset: int, day: int) -> int:
 def part_name(offset: int) -> str:
     year, mon = month(offset)
     return f"logs_p{year:04d}{mon:02d}"
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database(settings)
-    await migrate(database)
-    try:
-        yield database
-    finally:
-        await database.dispose()
 
 
 async def add_logs(db: Database, *created: int) -> list[int]:
