@@ -82,8 +82,6 @@ def cli() -> None:
 @_one_line_errors
 def serve(port: int | None, host: str | None, workers: int | None, log_dir: str | None) -> None:
     """Run the gateway (applies migrations first on a master node)."""
-    import uvicorn
-
     settings = _settings(port=port, host=host, workers=workers, log_dir=log_dir)
     asyncio.run(_prepare_database(settings, run_migrations=settings.is_master))
     settings = settings.with_secrets()
@@ -108,20 +106,10 @@ def serve(port: int | None, host: str | None, workers: int | None, log_dir: str 
         "Tollway %s listening on %s:%d with %d worker(s)", __version__, settings.host, settings.port, count
     )
     try:
-        uvicorn.run(
-            "tollway.app:app_from_environment",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=count,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=20,
-            server_header=False,
-        )
+        if settings.server == "uvicorn":
+            _serve_uvicorn(settings, count)
+        else:
+            _serve_granian(settings, count)
     finally:
         with contextlib.suppress(OSError):
             Path(sync_file).unlink()
@@ -129,11 +117,61 @@ def serve(port: int | None, host: str | None, workers: int | None, log_dir: str 
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's name (tollway.ops.metrics too)
+
+# Seconds a stopping worker may take: in-flight requests get tollway.rsgi.DRAIN_SECONDS, then the
+# log writer and the rollups flush.
+WORKER_STOP_SECONDS = 40
+
+
+def _serve_granian(settings: Settings, workers: int) -> None:
+    """granian, RSGI interface (the relay's fastest path; see tollway/rsgi.py)."""
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops
+
+    Granian(
+        "tollway.rsgi:rsgi_from_environment",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.RSGI,
+        workers=workers,
+        loop=Loops.uvloop,
+        http=HTTPModes.http1,
+        websockets=False,
+        backlog=2048,
+        log_access=False,
+        workers_kill_timeout=WORKER_STOP_SECONDS,
+        respawn_failed_workers=True,
+    ).serve()
+
+
+def _serve_uvicorn(settings: Settings, workers: int) -> None:
+    """uvicorn (httptools, uvloop): the ASGI application as it is (``SERVER=uvicorn``)."""
+    import uvicorn
+
+    uvicorn.run(
+        "tollway.app:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=20,
+        server_header=False,
+    )
+
+
 def _fresh_metrics_dir(data_dir: Path) -> Path | None:
     """Point the workers' Prometheus client at one empty folder, so that a scrape answered by any
-    worker sums them all. An operator's own ``PROMETHEUS_MULTIPROC_DIR`` is used as it is."""
-    from tollway.ops.metrics import MULTIPROC_ENV
+    worker sums them all. An operator's own ``PROMETHEUS_MULTIPROC_DIR`` is used as it is.
 
+    prometheus-client reads the variable when it is imported, and granian forks its workers from
+    this process: so this process must not import it before the variable is set."""
     if os.environ.get(MULTIPROC_ENV):
         return None
     folder = data_dir / f"metrics-{os.getpid()}"

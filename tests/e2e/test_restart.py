@@ -132,3 +132,56 @@ async def test_sigterm_right_after_n_requests_keeps_every_log(
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
             await db.dispose()
+
+
+@pytest.mark.db
+async def test_sigterm_lets_streams_in_flight_finish(settings: Settings, tmp_path: Path) -> None:
+    """Streams still running when SIGTERM arrives are delivered whole, charged and logged."""
+    db = Database(settings)
+    await migrate(db)
+    streams = 6
+    async with FakeUpstream(chunks=[f" w{i}" for i in range(20)], chunk_delay=0.1) as upstream:
+        user_id = await create_user(db, quota=50_000_000)
+        _, key = await create_token(db, user_id, crypto_secret=settings.crypto_secret)
+        await create_channel(db, upstream.base_url)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        process = start_server(settings, tmp_path, port)
+        try:
+            await wait_ready(base, process)
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+            started = asyncio.Event()
+            opened = 0
+
+            async def one(client: httpx.AsyncClient) -> str:
+                nonlocal opened
+                headers = {"Authorization": f"Bearer {key}"}
+                async with client.stream(
+                    "POST", f"{base}/v1/chat/completions", json=body, headers=headers
+                ) as r:
+                    assert r.status_code == 200
+                    opened += 1
+                    if opened == streams:
+                        started.set()
+                    return "".join([chunk async for chunk in r.aiter_text()])
+
+            async with httpx.AsyncClient(timeout=30) as client:
+                tasks = [asyncio.create_task(one(client)) for _ in range(streams)]
+                await asyncio.wait_for(started.wait(), 10)
+                process.send_signal(signal.SIGTERM)  # about 2 s of every stream still to come
+                texts = await asyncio.gather(*tasks)
+            for text in texts:
+                assert " w19" in text and text.rstrip().endswith("data: [DONE]")
+            await stop(process)
+            async with db.log_session() as session:
+                rows = (await session.scalars(select(Log))).all()
+            assert len(rows) == streams
+            assert all(row.completion_tokens > 0 and row.quota > 0 for row in rows)
+            async with db.session() as session:
+                user = await session.get(User, user_id)
+                assert user is not None
+                assert user.used_quota == sum(row.quota for row in rows)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            await db.dispose()
