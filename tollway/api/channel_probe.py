@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-import aiohttp
-
 from tollway.errors import BusinessError
 from tollway.ops.masking import mask_sensitive
 from tollway.providers.azure import AzureOpenAI
@@ -47,16 +45,16 @@ async def call(runtime: Runtime, request: UpstreamRequest) -> tuple[int, bytes]:
         async with asyncio.timeout(PROBE_TIMEOUT):
             response = await runtime.relay.upstream.send(request)
             try:
-                body = await response.content.read(MAX_BODY)
+                body = await response.read_limited(MAX_BODY)
             finally:
                 response.release()
     except (TimeoutError, UpstreamTimeout):
         raise ProbeError("the upstream did not answer in time") from None
-    except (aiohttp.ClientError, OSError) as exc:
+    except OSError as exc:
         raise ProbeError(
             mask_sensitive(f"could not reach the upstream: {type(exc).__name__} {exc}")
         ) from None
-    return response.status, body or b""
+    return response.status, body
 
 
 def _json(body: bytes) -> Any:

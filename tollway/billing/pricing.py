@@ -305,19 +305,23 @@ def text_quota(price: Price, prompt_tokens: int, completion_tokens: int, cached_
     return quota
 
 
-def reserve_quota(price: Price, prompt_tokens: int, max_tokens: int | None, pre_consumed_tokens: int) -> int:
+def reserve_quota(
+    price: Price, prompt_tokens: int | Callable[[], int], max_tokens: int | None, pre_consumed_tokens: int
+) -> int:
     """What to reserve before calling the upstream (new-api ``preConsumeQuota``).
 
     ``(prompt + max_tokens) × model_ratio × group_ratio`` when the request sets ``max_tokens``
     (the caller passes the larger of ``max_tokens`` and ``max_completion_tokens``), else
     ``PreConsumedQuota`` tokens at the same ratio; the completion ratio is not applied. Per-call
     models reserve their full price. The trust shortcut (reserve nothing for a rich user and
-    token) is the caller's step: :func:`apply_trust_shortcut`.
+    token) is the caller's step: :func:`apply_trust_shortcut`. ``prompt_tokens`` may be a callable,
+    called only when the prompt counts (counting is costly).
     """
     if price.model_price is not None:
         return _per_call_quota(price, price.model_price)
     if max_tokens is not None and max_tokens > 0:
-        pre_tokens = max(prompt_tokens, 0) + max_tokens
+        prompt = prompt_tokens() if callable(prompt_tokens) else prompt_tokens
+        pre_tokens = max(prompt, 0) + max_tokens
     else:
         pre_tokens = max(pre_consumed_tokens, 0)
     return _round(Decimal(pre_tokens) * _decimal(price.model_ratio) * _decimal(price.group_ratio))

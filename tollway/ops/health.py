@@ -22,9 +22,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
@@ -35,6 +35,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tollway.db.dsn import DatabaseUrl
 from tollway.db.engine import Database
 from tollway.ops.metrics import OTHER, Metrics
+
+if TYPE_CHECKING:  # redis is imported only when REDIS_CONN_STRING is set (~6 MB per worker)
+    from redis.asyncio import Redis
 
 log = logging.getLogger("tollway.health")
 
@@ -103,6 +106,8 @@ class DatabaseHealth:
         self._redis_problem: str | None = None
         self._redis_url = redis_url.strip()
         if self._redis_url:
+            from redis.asyncio import Redis
+
             try:
                 self._redis = Redis.from_url(
                     self._redis_url, socket_connect_timeout=timeout, socket_timeout=timeout

@@ -25,11 +25,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from tollway.db.engine import Database
@@ -58,6 +55,12 @@ from tollway.ops.notify_transports import (
 )
 from tollway.options import REGISTRY, OptionError, OptionSpec
 from tollway.relay.health import OptionsReader
+
+# redis (~6 MB per worker) is imported only when REDIS_CONN_STRING is set, and aiohttp (~8 MB) only
+# when the first webhook, Bark or Gotify notice is sent: most workers never need either.
+if TYPE_CHECKING:
+    import aiohttp
+    from redis.asyncio import Redis
 
 log = logging.getLogger("tollway.notify")
 
@@ -158,6 +161,8 @@ class NotifyThrottle:
 
     async def allow(self, user_id: int, kind: str) -> bool:
         if self._redis is not None:
+            from redis.exceptions import RedisError  # loaded with redis already: a dict lookup
+
             try:
                 key = f"tollway:notify:{user_id}:{kind}"
                 count = await self._redis.eval(self._SCRIPT, 1, key, max(int(self.window), 1))
@@ -207,13 +212,18 @@ class Notifier:
     ) -> None:
         self._options = options
         self._directory = directory
-        self._redis = Redis.from_url(redis_url) if redis_url.strip() else None
+        self._redis: Redis | None = None
+        if redis_url.strip():
+            from redis.asyncio import Redis
+
+            self._redis = Redis.from_url(redis_url)
         self.throttle = NotifyThrottle(limit_count, limit_minutes * 60, self._redis)
         self._attempts = max(attempts, 1)
         self._backoff = first_backoff
         self._timeout = attempt_timeout
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(queue_size)
-        self._http: aiohttp.ClientSession | None = None
+        self._http: aiohttp.ClientSession | None = None  # made by the first HTTP notice
+        self._started = False
         self._dispatcher: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(CONCURRENCY)
@@ -255,12 +265,24 @@ class Notifier:
     async def start(self) -> None:
         if self._dispatcher is not None:
             return
-        resolver = GuardedResolver(lambda: bool(option(self._options, NOTIFICATION_ALLOW_PRIVATE_TARGETS)))
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(resolver=resolver, limit=CONCURRENCY * 2),
-            timeout=aiohttp.ClientTimeout(total=self._timeout),
-        )
+        self._started = True
         self._dispatcher = asyncio.create_task(self._dispatch(), name="notifications")
+
+    def _session(self) -> aiohttp.ClientSession:
+        """The HTTP session for webhook, Bark and Gotify notices, made (and aiohttp imported) on
+        first use; closed by :meth:`stop`."""
+        assert self._started, "Notifier.start() was not called"
+        if self._http is None:
+            import aiohttp
+
+            resolver = GuardedResolver(
+                lambda: bool(option(self._options, NOTIFICATION_ALLOW_PRIVATE_TARGETS))
+            )
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=resolver, limit=CONCURRENCY * 2),
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+            )
+        return self._http
 
     async def drain(self) -> None:
         """Wait until every queued notice was delivered or given up (tests, shutdown)."""
@@ -281,6 +303,7 @@ class Notifier:
         if self._http is not None:
             await self._http.close()
             self._http = None
+        self._started = False
         if self._redis is not None:
             await self._redis.aclose()
 
@@ -348,8 +371,8 @@ class Notifier:
 
     async def _send(self, channel: str, recipient: Recipient, message: Message) -> bool:
         """One attempt; False when the user's setting lacks what the channel needs (not retried)."""
-        setting, http = recipient.setting, self._http
-        assert http is not None, "Notifier.start() was not called"
+        setting = recipient.setting
+        assert self._started, "Notifier.start() was not called"
         allow_private = bool(option(self._options, NOTIFICATION_ALLOW_PRIVATE_TARGETS))
         if channel == "email":
             to = str(setting.get("notification_email") or recipient.email or "")
@@ -360,14 +383,14 @@ class Notifier:
         elif channel == "webhook" and setting.get("webhook_url"):
             secret = str(setting.get("webhook_secret") or "")
             await send_webhook(
-                http, str(setting["webhook_url"]), secret, message, allow_private=allow_private
+                self._session(), str(setting["webhook_url"]), secret, message, allow_private=allow_private
             )
         elif channel == "bark" and setting.get("bark_url"):
-            await send_bark(http, str(setting["bark_url"]), message, allow_private=allow_private)
+            await send_bark(self._session(), str(setting["bark_url"]), message, allow_private=allow_private)
         elif channel == "gotify" and setting.get("gotify_url") and setting.get("gotify_token"):
             url, token = str(setting["gotify_url"]), str(setting["gotify_token"])
             priority = setting.get("gotify_priority", 5)
-            await send_gotify(http, url, token, priority, message, allow_private=allow_private)
+            await send_gotify(self._session(), url, token, priority, message, allow_private=allow_private)
         else:
             log.info(
                 "user %d has no usable %s setting: %s notice skipped",

@@ -35,15 +35,21 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
-import aiohttp
 import orjson
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
-from yarl import URL
 
 from tollway.ops.mailer import Mailer, MailerError
+
+# aiohttp (with yarl, multidict, …: ~8 MB per worker) is imported only when a notice leaves by
+# HTTP: by the functions below that use it at run time, and by Notifier for its session.
+if TYPE_CHECKING:
+    import aiohttp
+    from aiohttp.abc import AbstractResolver, ResolveResult
+    from yarl import URL
+else:
+    AbstractResolver = object  # made a virtual subclass of aiohttp's when the first one is built
 
 VALUE_PLACEHOLDER = "{{value}}"
 SIGNATURE_HEADER = "X-Webhook-Signature"
@@ -137,9 +143,16 @@ async def check_target(url: str, *, allow_private: bool) -> None:
 
 
 class GuardedResolver(AbstractResolver):
-    """The default resolver, refusing non-public answers unless ``allow_private()`` says yes."""
+    """The default resolver, refusing non-public answers unless ``allow_private()`` says yes.
+
+    An ``aiohttp.abc.AbstractResolver`` (registered as one on first use, so that defining this
+    class does not import aiohttp)."""
 
     def __init__(self, allow_private: Callable[[], bool]) -> None:
+        from aiohttp.abc import AbstractResolver as _AbstractResolver
+        from aiohttp.resolver import DefaultResolver
+
+        _AbstractResolver.register(GuardedResolver)  # once; later calls find it registered
         self._inner = DefaultResolver()
         self._allow_private = allow_private
 
@@ -172,6 +185,8 @@ def webhook_body(message: Message, now: float | None = None) -> bytes:
 
 async def _request(http: aiohttp.ClientSession, method: str, url: str | URL, **kwargs: object) -> None:
     """One HTTP attempt; raise unless the answer is 2xx."""
+    import aiohttp
+
     try:
         async with http.request(method, url, allow_redirects=False, **kwargs) as response:  # type: ignore[arg-type]
             status = response.status
@@ -202,6 +217,8 @@ def bark_url(template: str, message: Message) -> str:
 
 
 async def send_bark(http: aiohttp.ClientSession, url: str, message: Message, *, allow_private: bool) -> None:
+    from yarl import URL
+
     final = bark_url(url, message)
     await check_target(final, allow_private=allow_private)
     # Sent exactly as built: re-quoting would undo the escapes of the substituted values.

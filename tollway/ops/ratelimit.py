@@ -21,16 +21,17 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import orjson
 from fastapi import Depends, Request
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tollway.errors import RateLimited
 from tollway.settings import Settings
+
+if TYPE_CHECKING:  # redis is imported only when REDIS_CONN_STRING is set (~6 MB per worker)
+    from redis.asyncio import Redis
 
 log = logging.getLogger("tollway.ratelimit")
 
@@ -164,6 +165,8 @@ class RedisLimiter:
     async def hit(self, key: str, limit: int, window: float) -> float:
         if limit < 1:
             return max(float(window), 1e-3)  # nothing is allowed
+        from redis.exceptions import RedisError  # loaded with redis already: a dict lookup
+
         window_ms = max(1, math.ceil(window * 1000))
         try:
             wait_ms = await self._script(keys=[self._prefix + key], args=[window_ms, limit, uuid.uuid4().hex])
@@ -182,6 +185,8 @@ class RedisLimiter:
 def build_limiter(settings: Settings) -> SlidingWindowLimiter:
     """Redis when ``REDIS_CONN_STRING`` is set (limits shared by all workers and nodes), else memory."""
     if settings.redis_conn_string:
+        from redis.asyncio import Redis
+
         return RedisLimiter(Redis.from_url(settings.redis_conn_string))
     return MemoryLimiter()
 

@@ -15,7 +15,6 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 
 from tollway.billing.balances import InsufficientQuota, LeaseBalanceStore, Reservation
@@ -38,12 +37,13 @@ from tollway.relay.auth import Caller, authenticate
 from tollway.relay.channel import ChannelSnapshot
 from tollway.relay.channel_cache import ChannelCache
 from tollway.relay.health import ChannelHealth, FailureKind, classify
+from tollway.relay.http1 import Response as UpstreamResponse
 from tollway.relay.incoming import Incoming, Reply, StreamReply
 from tollway.relay.outcome import Outcome, billing_for, completion_usage
-from tollway.relay.requests import RouteSpec, parse_relay_request, requested_max_tokens
+from tollway.relay.requests import PromptTokens, RouteSpec, parse_relay_request, requested_max_tokens
 from tollway.relay.routing import KeyPicker, map_status, should_retry
 from tollway.relay.streaming import StreamRelay, StreamTooLarge
-from tollway.relay.tokenizer import CompletionCounter
+from tollway.relay.tokenizer import CompletionCounter, load_for_model
 from tollway.relay.upstream import HOP_BY_HOP, UpstreamClient, UpstreamTimeout
 from tollway.usage.log_writer import LogWriter
 
@@ -116,7 +116,7 @@ class RelayEngine:
     ) -> Reply | StreamReply:
         await self.sync()
         caller = await authenticate(incoming, self.accounts, self.balances, self.options, self.prices)
-        request, prompt_tokens = parse_relay_request(
+        request, prompt = parse_relay_request(
             spec,
             method=incoming.method,
             body=incoming.body,
@@ -125,10 +125,10 @@ class RelayEngine:
             path_model=path_model,
         )
         caller.check_model(request.model)
-        outcome = Outcome(incoming, caller, request, prompt_tokens, started=time.monotonic(), route=spec.name)
+        outcome = Outcome(incoming, caller, request, prompt, started=time.monotonic(), route=spec.name)
         try:
             outcome.price = self._price(request.model, caller.group)
-            reservation = await self._reserve(caller, outcome.price, prompt_tokens, request)
+            reservation = await self._reserve(caller, outcome.price, prompt, request)
         except TollwayError as refusal:  # refused before any upstream call: logged, nothing to refund
             self._log_error(outcome, refusal)
             raise
@@ -160,11 +160,12 @@ class RelayEngine:
         return price
 
     async def _reserve(
-        self, caller: Caller, price: Price, prompt_tokens: int, request: RelayRequest
+        self, caller: Caller, price: Price, prompt: PromptTokens, request: RelayRequest
     ) -> Reservation:
-        amount = reserve_quota(
-            price, prompt_tokens, requested_max_tokens(request), self.options.get(PRE_CONSUMED_QUOTA)
-        )
+        max_tokens = requested_max_tokens(request)
+        if max_tokens is not None and price.model_price is None:  # reserve_quota will count the prompt
+            await load_for_model(request.model)
+        amount = reserve_quota(price, prompt, max_tokens, self.options.get(PRE_CONSUMED_QUOTA))
         user_balance = self.balances.estimate(ACCOUNT_USER, caller.user.id, caller.user.quota)
         if user_balance <= 0:
             raise Forbidden("insufficient user quota", code="insufficient_user_quota")
@@ -265,7 +266,7 @@ class RelayEngine:
             )
             last.error = UpstreamError("upstream timed out", status=504, code="upstream_timeout")
             return None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (OSError, TimeoutError) as exc:
             reason = f"upstream request failed: {type(exc).__name__}"
             self._failed(outcome, channel, last, 0, None, reason, error_kind="connection")
             last.error = UpstreamError("upstream request failed", status=502, code="do_request_failed")
@@ -320,12 +321,12 @@ class RelayEngine:
         reservation: Reservation,
         channel: ChannelSnapshot,
         provider: Provider,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
         last: _Attempt,
     ) -> Reply | None:
         try:
             body = await response.read()
-        except (aiohttp.ClientError, OSError, TimeoutError):
+        except (OSError, TimeoutError):
             response.release()
             reason = "upstream dropped the connection while answering"
             self._failed(outcome, channel, last, 0, None, reason, error_kind="connection")
@@ -347,6 +348,7 @@ class RelayEngine:
                 return None
         usage = provider.usage_from_response(parsed) if isinstance(parsed, dict) else None
         if usage is None:
+            await load_for_model(outcome.request.model)
             usage = completion_usage(outcome, parsed)
         self.health.record_success(channel.id)
         self._settle(outcome, reservation, channel, usage)
@@ -358,14 +360,14 @@ class RelayEngine:
         reservation: Reservation,
         channel: ChannelSnapshot,
         provider: Provider,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
     ) -> StreamReply:
         request = outcome.request
         relay = StreamRelay(
             usage_of=provider.usage_from_event,
             counter=CompletionCounter(request.model),
             client_wants_usage=request.client_wants_usage,
-            prompt_tokens=outcome.prompt_tokens,
+            prompt_tokens=outcome.prompt,  # counted only if the upstream reports no usage
             model=request.model,
         )
 
@@ -377,7 +379,7 @@ class RelayEngine:
             nonlocal finished
             if not finished:
                 finished = True
-                response.close()
+                response.release()  # pooled when the stream was read to the end, else closed
                 metrics.active_streams.dec()
                 if upstream_fault:
                     metrics.upstream_errors(str(channel.id), "stream").inc()
@@ -387,7 +389,7 @@ class RelayEngine:
             problem: str | None = "the client went away"
             upstream_fault = False
             try:
-                async for data in response.content.iter_any():
+                async for data in response.iter_chunks():
                     out = relay.feed(data)
                     if out:
                         if outcome.first_byte is None:
@@ -401,7 +403,7 @@ class RelayEngine:
                     problem, upstream_fault = "upstream ended the stream without [DONE]", True
                 else:
                     problem = None
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError) as exc:
                 problem, upstream_fault = f"upstream stream failed: {type(exc).__name__}", True
             except StreamTooLarge as exc:
                 problem = str(exc)
@@ -499,22 +501,21 @@ class RelayEngine:
         return last.error or UpstreamError("upstream request failed", status=502)
 
 
-async def _read_and_release(response: aiohttp.ClientResponse, limit: int = 1 << 20) -> bytes:
+async def _read_and_release(response: UpstreamResponse, limit: int = 1 << 20) -> bytes:
     try:
-        return (await response.content.read(limit)) or b""
-    except (aiohttp.ClientError, OSError, TimeoutError):
+        return await response.read_limited(limit)
+    except (OSError, TimeoutError):
         return b""
     finally:
         response.release()
 
 
-def _copy_headers(response: aiohttp.ClientResponse) -> list[tuple[str, str]]:
+def _copy_headers(response: UpstreamResponse) -> list[tuple[str, str]]:
     seen: set[str] = set()
     headers: list[tuple[str, str]] = []
-    for name, value in response.headers.items():
-        lowered = name.lower()
-        if lowered in HOP_BY_HOP or lowered in seen:
+    for name, value in response.headers:  # names already lower-cased
+        if name in HOP_BY_HOP or name in seen:
             continue
-        seen.add(lowered)
-        headers.append((lowered, value))
+        seen.add(name)
+        headers.append((name, value))
     return headers

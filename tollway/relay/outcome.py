@@ -16,6 +16,7 @@ from tollway.providers.base import RelayRequest, Usage
 from tollway.relay.auth import Caller
 from tollway.relay.channel import ChannelSnapshot
 from tollway.relay.incoming import Incoming
+from tollway.relay.requests import PromptTokens
 from tollway.relay.tokenizer import CompletionCounter
 from tollway.usage.records import Charge, LogEntry
 
@@ -25,13 +26,17 @@ class Outcome:
     incoming: Incoming
     caller: Caller
     request: RelayRequest
-    prompt_tokens: int
+    prompt: PromptTokens  # counted only if asked for: see PromptTokens
     started: float
     price: Price | None = None
     tried: list[int] = field(default_factory=list)
     first_byte: float | None = None
     upstream_model: str = ""
     route: str = ""  # the RouteSpec's name, for metrics
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.prompt()
 
     def _base_entry(self, log_type: int) -> LogEntry:
         caller = self.caller

@@ -1,5 +1,5 @@
 """What each relay route accepts: shallow validation of the client's body, the model it names, and
-the prompt tokens the reservation is based on. Unknown fields pass through untouched."""
+its prompt tokens, counted only if asked for. Unknown fields pass through untouched."""
 
 from __future__ import annotations
 
@@ -72,6 +72,44 @@ def _nothing(_model: str, _body: dict[str, Any]) -> int:
     return 0
 
 
+class PromptTokens:
+    """A request's prompt tokens, counted on first use and remembered.
+
+    Most requests never ask: the upstream's usage is billed, and the reservation needs the prompt
+    only when the client sets ``max_tokens``. Counting is the costliest step of a request's own
+    work for long prompts, and the tokenizer's tables are loaded only by the first count.
+    """
+
+    __slots__ = ("_body", "_count", "_model", "_tokens")
+
+    def __init__(self, count: PromptCounter, model: str, body: dict[str, Any]) -> None:
+        self._count: PromptCounter | None = count
+        self._model = model
+        self._body: dict[str, Any] | None = body
+        self._tokens = 0
+
+    @classmethod
+    def known(cls, tokens: int) -> PromptTokens:
+        """A count known without counting (multipart bodies: 0)."""
+        prompt = cls(_nothing, "", {})
+        prompt._count, prompt._body, prompt._tokens = None, None, tokens
+        return prompt
+
+    @property
+    def counted(self) -> bool:
+        return self._count is None
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    def __call__(self) -> int:
+        if self._count is not None and self._body is not None:
+            self._tokens = self._count(self._model, self._body)
+            self._count = self._body = None
+        return self._tokens
+
+
 @dataclass(frozen=True)
 class RouteSpec:
     """One relay route: how its body is read and how its prompt is counted."""
@@ -110,8 +148,8 @@ def parse_relay_request(
     query: str,
     path_model: str | None = None,
     ask_upstream_usage: bool = True,
-) -> tuple[RelayRequest, int]:
-    """Validate the client's body and build the :class:`RelayRequest`; also count its prompt.
+) -> tuple[RelayRequest, PromptTokens]:
+    """Validate the client's body and build the :class:`RelayRequest` and its (lazy) prompt count.
 
     Raises :class:`InvalidRequest` (400) for a body the upstream must never see: not a JSON object,
     no non-empty string ``model`` (where the route has no default), or chat ``messages`` that is
@@ -120,7 +158,7 @@ def parse_relay_request(
     if spec.multipart:
         form_model = _multipart_model(body) or spec.default_model or ""
         request = RelayRequest(method, spec.upstream_path, query, body, None, content_type, form_model)
-        return request, 0
+        return request, PromptTokens.known(0)
     try:
         parsed = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
@@ -158,7 +196,7 @@ def parse_relay_request(
         client_wants_usage=wants_usage,
         ask_upstream_usage=stream and ask_upstream_usage and spec in (CHAT, COMPLETIONS),
     )
-    return request, spec.count_prompt(model, parsed)
+    return request, PromptTokens(spec.count_prompt, model, parsed)
 
 
 def requested_max_tokens(request: RelayRequest) -> int | None:

@@ -24,7 +24,6 @@ from tollway.relay.channel import ChannelSnapshot
 from tollway.relay.channel_cache import ChannelCache
 from tollway.relay.engine import RelayEngine
 from tollway.relay.health import ChannelHealth, disable_channel
-from tollway.relay.tokenizer import preload
 from tollway.relay.upstream import UpstreamClient
 from tollway.settings import Settings
 from tollway.usage.log_writer import LogWriter
@@ -78,7 +77,6 @@ class RelayService:
         )
 
     async def start(self) -> None:
-        await asyncio.to_thread(preload)  # load the tokenizer encodings off the event loop
         await self.channels.reload()
         await self.balances.start()
         await self.writer.start()

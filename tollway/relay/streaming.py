@@ -110,14 +110,14 @@ class StreamRelay:
         usage_of: Callable[[dict[str, Any]], Usage | None],
         counter: TokenCounter,
         client_wants_usage: bool,
-        prompt_tokens: int,
+        prompt_tokens: int | Callable[[], int],
         model: str,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self._usage_of = usage_of
         self._counter = counter
         self._wants_usage = client_wants_usage
-        self._prompt_tokens = prompt_tokens
+        self._prompt_tokens = prompt_tokens  # a callable is asked only if usage must be counted
         self._model = model
         self._max = max_event_bytes
         self._buf = bytearray()
@@ -393,4 +393,5 @@ class StreamRelay:
         self._count_deferred()
         self._flush_tools(None)
         completion = self._counter.tokens + TOOL_CALL_TOKENS * self._parallel
-        return Usage(prompt_tokens=self._prompt_tokens, completion_tokens=completion)
+        prompt = self._prompt_tokens
+        return Usage(prompt_tokens=prompt() if callable(prompt) else prompt, completion_tokens=completion)
