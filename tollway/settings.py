@@ -11,7 +11,6 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,7 +32,6 @@ class Settings(BaseSettings):
     port: int = Field(3000, ge=1, le=65535)
     host: str = "0.0.0.0"  # noqa: S104 - a gateway listens on every interface by default, as new-api does
     workers: int = Field(0, ge=0, description="0 = one per CPU core")
-    server: Literal["granian", "uvicorn"] = "granian"
 
     sql_dsn: str = ""
     log_sql_dsn: str = ""
