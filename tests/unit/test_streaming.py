@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tollway.providers.base import Usage
-from tollway.relay.streaming import TOOL_CALL_TOKENS, StreamRelay, StreamTooLarge
+from tollway.relay.streaming import _TOOL_BUFFER_CHARS, TOOL_CALL_TOKENS, StreamRelay, StreamTooLarge
 
 PROMPT = 11
 
@@ -251,7 +251,7 @@ def test_upstream_usage_wins_over_counting() -> None:
     counter = WordCounter()
     r = relay(counter=counter)
     run(r, b"".join(openai_stream()))
-    assert counter.words == 7
+    assert counter.words == 0  # content chunks carry "usage": null: kept unparsed, then made moot
     assert r.final_usage() == Usage(prompt_tokens=19, completion_tokens=7)
 
 
@@ -270,6 +270,7 @@ def test_reasoning_is_counted() -> None:
         sse(chat_chunk({"reasoning_content": "think hard", "content": None}))
         + sse(chat_chunk({"reasoning": "more"})),
     )
+    r.final_usage()  # no usage from the upstream: the kept events are counted now
     assert counter.fed == ["think hard", "more"]
 
 
@@ -316,7 +317,8 @@ def test_huge_tool_arguments_stay_bounded() -> None:
     r.feed(sse(chat_chunk(tool_delta(0, "write"))))
     for _ in range(2000):
         r.feed(sse(chat_chunk(tool_delta(0, args="word " * 20))))
-    assert sum(len(a) for _, a in counter.calls) >= 200_000 - 64 * 1024  # flushed along the way
+    # Flushed along the way: at most the kept events (64 KiB of SSE) and the tool buffer are not.
+    assert sum(len(a) for _, a in counter.calls) >= 200_000 - 64 * 1024 - _TOOL_BUFFER_CHARS
     assert r.final_usage().completion_tokens == 1 + 2000 * 20 + TOOL_CALL_TOKENS
 
 
@@ -468,3 +470,13 @@ def test_odd_shapes_pass_through_without_errors() -> None:
     r = relay(wants=False)
     assert run(r, stream) == stream
     assert r.events == 5 and r.usage is None
+
+
+def test_usage_null_chunks_are_not_parsed_and_quoted_usage_is_not_mistaken() -> None:
+    counter = WordCounter()
+    r = relay(counter=counter)
+    quoting = chat_chunk({"content": 'say "usage": null and "usage": {"total_tokens": 9}'})
+    out = run(r, sse(chat_chunk({"content": "plain words"})) + sse(quoting) + b"data: [DONE]\n\n")
+    assert len(data_events(out)) == 3  # everything forwarded
+    assert r.usage is None  # the quoted text is no usage report
+    assert r.final_usage().completion_tokens == 2 + 7  # counted when needed: both chunks, by word

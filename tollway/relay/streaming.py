@@ -27,6 +27,7 @@ returns; :meth:`StreamRelay.finish` is called when the upstream ends. Design:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol
@@ -89,6 +90,16 @@ def _loads(data: bytes | bytearray) -> object:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
+
+
+_USAGE_NULL: Final = re.compile(rb'"usage"\s*:\s*null\b')
+
+
+def _usage_is_null(ev: bytes | bytearray) -> bool:
+    """The event's only ``"usage`` is ``"usage": null``: what OpenAI puts in every chunk but the
+    last when usage is asked for. Such a chunk is a content chunk like any other (its parsing can
+    be deferred); an answer quoting the word shows as a second ``"usage`` and is parsed."""
+    return ev.count(b'"usage') == 1 and _USAGE_NULL.search(ev) is not None
 
 
 def _is_usage_only(chunk: dict[str, Any]) -> bool:
@@ -219,7 +230,7 @@ class StreamRelay:
         if not (ev.startswith(b"data:") or find(b"\ndata:") >= 0):
             return None  # comment, or event:/id:/retry: lines without data
         chunk: object = None
-        if find(b'"usage') >= 0:
+        if find(b'"usage') >= 0 and not _usage_is_null(ev):
             chunk = _loads(_payload(ev))
             if self._deferred:  # counted before this chunk, unless its usage makes counting moot
                 usage = self._usage_of(chunk) if isinstance(chunk, dict) else None
