@@ -471,8 +471,8 @@ class Bench:
         """Untimed load on Tollway first: connection pools, leases, caches (the mocks need none).
 
         Every model is asked once, so that one-time lazy work (a tokenizer's tables load on the
-        first prompt counted for their family: the load driver sets ``max_tokens``) is not
-        measured as the long stream's memory growth; peak RSS still includes it."""
+        first answer too long to hold as text) is not measured as the long stream's memory
+        growth; peak RSS still includes it."""
         if self.plan.warmup <= 0:
             return
         progress(f"warm-up ({self.plan.warmup:.0f} s per kind)")
@@ -480,7 +480,8 @@ class Bench:
         run_wrk(url, key, FAST_MODEL, False, 64, self.plan.warmup)
         run_wrk(url, key, FAST_MODEL, True, 64, self.plan.warmup)
         run_sse(url, key, SLOW_MODEL, 4, 0.5)
-        run_wrk(url, key, LONG_MODEL, False, 8, 1)  # non-stream: short answers, every worker
+        # Long answers: past 128 Ki characters held the answer's tokenizer loads, once per worker.
+        run_sse(url, key, LONG_MODEL, 2 * self.plan.workers, 0.1)
 
     def run(self) -> None:
         self.warm_up()

@@ -19,6 +19,7 @@ from tollway.db.models import Setup, User
 from tollway.db.models.user import ROLE_ROOT
 from tollway.node_sync import NodeCounters
 from tollway.ops.health import DatabaseHealth
+from tollway.ops.memory import TRIM_SECONDS, heap_trimmer
 from tollway.ops.metrics import Metrics
 from tollway.ops.notify import DatabaseDirectory, Notifier
 from tollway.ops.profiler import CpuMonitor, CpuProfiler
@@ -78,6 +79,9 @@ class Runtime:
         self.every(60, self.relay.balances.reclaim_expired, "reclaim leases of dead workers")
         self.every(METRICS_SAMPLE_SECONDS, self._sample_metrics_job, "metrics sampler")
         self._jobs.append(asyncio.create_task(self.relay.rollup_job(), name="quota_data rollup"))
+        trim = heap_trimmer()
+        if trim is not None:
+            self.every(TRIM_SECONDS, lambda: asyncio.to_thread(trim), "heap trim")
         if self.settings.enable_pprof:  # stopped with the other jobs; a capture in progress is dropped
             monitor = CpuMonitor.from_settings(self.profiler, self.settings)
             self._jobs.append(asyncio.create_task(monitor.run(), name="CPU profiler monitor"))

@@ -1,5 +1,6 @@
-"""The tokenizer's tables (about 63 MB per worker) are loaded only when a count is needed: a
-worker whose upstreams report usage and whose clients set no ``max_tokens`` never loads them.
+"""The tokenizer's tables (about 70 MB per worker) are loaded only when a count is needed: a
+worker whose upstreams report usage never loads them, unless a reservation depends on the exact
+prompt (``max_tokens`` set, and a balance too small for the trust rule to waive it).
 
 Runs in a fresh interpreter: the test process itself has loaded every encoding long ago."""
 
@@ -49,7 +50,16 @@ SCRIPT = textwrap.dedent(
                 await post({**chat, "stream": True})
                 print("usage reported:", loaded())
                 await post({**chat, "max_tokens": 50})
-                print("max_tokens:", loaded())
+                print("max_tokens, rich caller:", loaded())
+                _, poor_key = await create_token(db, user_id, unlimited=False, remain_quota=2_000)
+                app.runtime.relay.accounts.tokens_changed()
+                r = await client.post(
+                    "/v1/chat/completions",
+                    json={**chat, "max_tokens": 50},
+                    headers={"Authorization": f"Bearer {poor_key}"},
+                )
+                assert r.status_code == 200, r.text
+                print("max_tokens, token near its limit:", loaded())
                 upstream.set_mode("no_usage")
                 await post({**chat, "model": "gpt-3.5-turbo"})
                 await app.runtime.relay.writer.flush()
@@ -74,6 +84,7 @@ def test_encodings_load_only_when_a_count_is_needed(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines() == [
         "usage reported: []",
-        "max_tokens: ['o200k_base']",
+        "max_tokens, rich caller: []",
+        "max_tokens, token near its limit: ['o200k_base']",
         "no usage: ['cl100k_base', 'o200k_base'] gpt-3.5-turbo True",
     ]

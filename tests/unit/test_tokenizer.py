@@ -464,3 +464,43 @@ def test_loading_is_offline(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
     assert list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "你好，世界" * 50 + "😀" * 40}]},
+        {"model": "gpt-4", "messages": [{"role": "user", "name": "a", "content": ""}] * 30},
+        {
+            "model": "gpt-4o",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "look"},
+                        {"type": "image_url", "image_url": {"url": "x"}},
+                        {"type": "file", "file": {"file_id": "f"}},
+                        {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}},
+                    ],
+                }
+            ],
+            "tools": [
+                {"type": "function", "function": {"name": "f", "parameters": {"a": [1, 2, {"b": None}]}}}
+            ],
+        },
+    ],
+)
+def test_prompt_upper_bound_is_never_below_the_count(body: dict[str, object]) -> None:
+    from tollway.relay.requests import CHAT, parse_relay_request
+
+    raw = orjson.dumps(body)
+    _, prompt = parse_relay_request(CHAT, method="POST", body=raw, content_type="application/json", query="")
+    assert prompt.upper_bound is not None
+    assert prompt() <= prompt.upper_bound
+    if b'"type"' in raw:  # "typ\u0065" is the same key: such a body gets no bound at all
+        escaped = raw.replace(b'"type"', b'"typ\\u0065"')
+        assert (
+            parse_relay_request(CHAT, method="POST", body=escaped, content_type="", query="")[1].upper_bound
+            is None
+        )

@@ -162,10 +162,6 @@ class RelayEngine:
     async def _reserve(
         self, caller: Caller, price: Price, prompt: PromptTokens, request: RelayRequest
     ) -> Reservation:
-        max_tokens = requested_max_tokens(request)
-        if max_tokens is not None and price.model_price is None:  # reserve_quota will count the prompt
-            await load_for_model(request.model)
-        amount = reserve_quota(price, prompt, max_tokens, self.options.get(PRE_CONSUMED_QUOTA))
         user_balance = self.balances.estimate(ACCOUNT_USER, caller.user.id, caller.user.quota)
         if user_balance <= 0:
             raise Forbidden("insufficient user quota", code="insufficient_user_quota")
@@ -175,7 +171,7 @@ class RelayEngine:
             if token_id is None
             else self.balances.estimate(ACCOUNT_TOKEN, caller.token.id, caller.token.remain_quota)
         )
-        amount = apply_trust_shortcut(amount, user_balance, token_balance)
+        amount = await self._reservation(price, prompt, request, user_balance, token_balance)
         try:
             return await self.balances.reserve(
                 caller.user.id,
@@ -193,6 +189,29 @@ class RelayEngine:
             raise Forbidden(
                 f"insufficient user quota (this request needs {amount})", code="insufficient_user_quota"
             ) from None
+
+    async def _reservation(
+        self,
+        price: Price,
+        prompt: PromptTokens,
+        request: RelayRequest,
+        user_balance: int,
+        token_balance: int | None,
+    ) -> int:
+        """What to reserve: :func:`reserve_quota` after the trust rule, counting the prompt only
+        when the answer depends on it. The reservation grows with the prompt, so when even the
+        prompt's upper bound leaves a reservation the trust rule waives, the exact count would be
+        waived too, and it is not made (nor the tokenizer loaded) for these callers."""
+        max_tokens = requested_max_tokens(request)
+        pre_consumed = self.options.get(PRE_CONSUMED_QUOTA)
+        if max_tokens is not None and price.model_price is None and not prompt.counted:
+            if prompt.upper_bound is not None:
+                bound = reserve_quota(price, prompt.upper_bound, max_tokens, pre_consumed)
+                if apply_trust_shortcut(bound, user_balance, token_balance) == 0:
+                    return 0
+            await load_for_model(request.model)
+        amount = reserve_quota(price, prompt, max_tokens, pre_consumed)
+        return apply_trust_shortcut(amount, user_balance, token_balance)
 
     async def _forward(self, outcome: Outcome, reservation: Reservation) -> Reply | StreamReply:
         caller, request = outcome.caller, outcome.request

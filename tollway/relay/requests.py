@@ -80,19 +80,22 @@ class PromptTokens:
     work for long prompts, and the tokenizer's tables are loaded only by the first count.
     """
 
-    __slots__ = ("_body", "_count", "_model", "_tokens")
+    __slots__ = ("_body", "_count", "_model", "_tokens", "upper_bound")
 
-    def __init__(self, count: PromptCounter, model: str, body: dict[str, Any]) -> None:
+    def __init__(
+        self, count: PromptCounter, model: str, body: dict[str, Any], upper_bound: int | None = None
+    ) -> None:
         self._count: PromptCounter | None = count
         self._model = model
         self._body: dict[str, Any] | None = body
         self._tokens = 0
+        self.upper_bound = upper_bound  # at least the count, when known without counting
 
     @classmethod
     def known(cls, tokens: int) -> PromptTokens:
         """A count known without counting (multipart bodies: 0)."""
         prompt = cls(_nothing, "", {})
-        prompt._count, prompt._body, prompt._tokens = None, None, tokens
+        prompt._count, prompt._body, prompt._tokens, prompt.upper_bound = None, None, tokens, tokens
         return prompt
 
     @property
@@ -196,7 +199,21 @@ def parse_relay_request(
         client_wants_usage=wants_usage,
         ask_upstream_usage=stream and ask_upstream_usage and spec in (CHAT, COMPLETIONS),
     )
-    return request, PromptTokens(spec.count_prompt, model, parsed)
+    return request, PromptTokens(spec.count_prompt, model, parsed, prompt_upper_bound(body))
+
+
+def prompt_upper_bound(body: bytes) -> int | None:
+    """More tokens than any route counts in ``body``, found without counting; None when unsure.
+
+    A token is at least one byte of text; the counted text (tools re-serialized as JSON included)
+    is at most three times the body's bytes; per-message overheads are fewer than the JSON
+    punctuation around each message; a media part costs at most
+    :data:`~tollway.relay.tokenizer.MAX_PART_TOKENS` and has a ``"type"`` key. A body with
+    ``\\u`` escapes could spell that key otherwise, so it gets no bound.
+    """
+    if b"\\u" in body:
+        return None
+    return 3 * len(body) + 100 + tokenizer.MAX_PART_TOKENS * body.count(b'"type"')
 
 
 def requested_max_tokens(request: RelayRequest) -> int | None:

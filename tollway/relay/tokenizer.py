@@ -45,6 +45,7 @@ from tiktoken_ext import openai_public
 __all__ = [
     "ENCODING_NAMES",
     "MAX_BUFFERED_CHARS",
+    "MAX_PART_TOKENS",
     "O200K_MODEL_PREFIXES",
     "CompletionCounter",
     "count_chat_prompt",
@@ -67,6 +68,7 @@ _TOOLS_OVERHEAD_TOKENS: Final = 8
 _IMAGE_LOW_TOKENS: Final = 85
 _IMAGE_TOKENS: Final = 255
 _FIXED_PART_TOKENS: Final[Mapping[str, int]] = types.MappingProxyType({"input_audio": 100, "file": 5000})
+MAX_PART_TOKENS: Final = max(_IMAGE_TOKENS, _IMAGE_LOW_TOKENS, *_FIXED_PART_TOKENS.values())
 
 _FLUSH_AT: Final = 2048
 _MAX_CARRY: Final = 2048
@@ -74,6 +76,7 @@ _MAX_CARRY: Final = 2048
 # first encoding: the upstream's usage at the end of a stream usually makes counting moot, and
 # the tokenizer's tables are then never loaded.
 HOLD_CHARS: Final = 128 * 1024
+_JOIN_PIECES: Final = 64
 MAX_BUFFERED_CHARS: Final = HOLD_CHARS + _MAX_CARRY
 """Upper bound of :attr:`CompletionCounter.buffered_chars` after any ``feed``."""
 
@@ -337,12 +340,15 @@ class CompletionCounter:
     may move the count by a token or two per 2 KB of such text.
     """
 
-    __slots__ = ("_buffered", "_counted", "_enc", "_flush_at", "_model", "_pieces")
+    __slots__ = ("_blocks", "_buffered", "_counted", "_enc", "_flush_at", "_model", "_pieces")
 
     def __init__(self, model: str) -> None:
         self._model = model
         self._enc: tiktoken.Encoding | None = None  # loaded when the first text is encoded
         self._pieces: list[str] = []
+        # Held text, joined every _JOIN_PIECES fragments: a string object per few-character
+        # fragment would cost some 60 bytes each while the answer is held.
+        self._blocks: list[str] = []
         self._buffered = 0
         self._flush_at = HOLD_CHARS
         self._counted = 0
@@ -351,10 +357,14 @@ class CompletionCounter:
         """Add a fragment of answer text."""
         if not text:
             return
-        self._pieces.append(text)
+        pieces = self._pieces
+        pieces.append(text)
         self._buffered += len(text)
         if self._buffered >= self._flush_at:
             self._flush()
+        elif len(pieces) >= _JOIN_PIECES:
+            self._blocks.append("".join(pieces))
+            pieces.clear()
 
     def add_tool_call(self, name: str, arguments: str) -> None:
         """Count a tool call's name and arguments (pass whole strings: fragments may overcount)."""
@@ -379,7 +389,8 @@ class CompletionCounter:
 
     def _joined(self) -> str:
         """The buffered text as one string (kept as the only piece)."""
-        text = "".join(self._pieces)
+        text = "".join(self._blocks + self._pieces) if self._blocks else "".join(self._pieces)
+        self._blocks = []
         self._pieces = [text] if text else []
         return text
 
