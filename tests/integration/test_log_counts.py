@@ -21,8 +21,20 @@ from tollway.db.migrate import alembic_config, migrate
 from tollway.db.models.log import LOG_CONSUME, LOG_ERROR, LOG_MANAGE, LOG_TOPUP, Log
 from tollway.db.partitions import add_months, create_month_partitions
 from tollway.settings import Settings
+from tollway.usage import log_writer
 from tollway.usage.audit import record_log
-from tollway.usage.log_counts import DIM_CODES, DIMENSIONS, INTEGER_DIMS, SUMS, bucket_sql
+from tollway.usage.log_counts import (
+    DIM_CODES,
+    DIMENSIONS,
+    INTEGER_DIMS,
+    PG_PAUSE,
+    PG_SETTING,
+    SUMS,
+    BatchCounts,
+    apply_batch_postgres,
+    bucket_sql,
+    pg_function,
+)
 from tollway.usage.log_writer import LogWriter
 from tollway.usage.queries import LogFilter, list_logs, log_stat
 from tollway.usage.records import Charge, LogEntry
@@ -69,8 +81,8 @@ def spread(count: int, start: int, step: int) -> list[LogEntry]:
     return [entry(i, start + i * step) for i in range(count)]
 
 
-async def write(db: Database, entries: list[LogEntry], *, batch_size: int = 50) -> None:
-    writer = LogWriter(db, NoCharges(), rollup=None, batch_size=batch_size, flush_interval=60)
+async def write(db: Database, entries: list[LogEntry], *, batch_size: int = 50, applier: Any = None) -> None:
+    writer = LogWriter(db, applier or NoCharges(), rollup=None, batch_size=batch_size, flush_interval=60)
     for item in entries:
         await writer.submit(item, Charge(item.user_id, item.token_id, item.channel_id, item.quota, False))
     await writer.flush()
@@ -289,3 +301,134 @@ async def test_postgres_dropped_partitions_and_truncate(db: Database) -> None:
     await assert_summaries_exact(db)
     async with db.log_engine.connect() as conn:
         assert await conn.scalar(text("SELECT COUNT(*) FROM log_type_counts")) == 0
+
+
+OPERATOR_INSERT = (  # an operator's multi-row INSERT, on keys the writer's batches use too
+    "INSERT INTO logs (user_id, created_at, type, content, username, token_name, token_id, model_name, "
+    "channel_id, group_name, quota, prompt_tokens, completion_tokens, other) "
+    "SELECT 2, {start} + 60 * i, 2, 'sql', 'user2', 'key2-0', 20, 'gpt-4o', 1, 'default', i, 1, 2, '' "
+    "FROM generate_series(1, {rows}) AS i"
+)
+
+
+class InsertsALog(NoCharges):
+    """An applier that, inside the writer's transaction and after its rows went in, reads the
+    pause setting and inserts a log row of its own (which the trigger must count)."""
+
+    def __init__(self) -> None:
+        self.settings: list[str | None] = []
+
+    async def apply(self, session: Any, charges: Any) -> None:
+        setting = await session.scalar(text(f"SELECT current_setting('{PG_SETTING}', true)"))
+        self.settings.append(setting)
+        await session.execute(insert(Log).values(**vars_of(entry(7, BASE + 3 * H + 1))))
+
+
+def count_own_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Rows of each batch whose summary the writer applied itself (PostgreSQL)."""
+    applied: list[int] = []
+
+    async def counted(conn: Any, counts: BatchCounts) -> None:
+        applied.append(sum(amounts[0] for amounts in counts.wide.values()))
+        await apply_batch_postgres(conn, counts)
+
+    monkeypatch.setattr(log_writer, "apply_batch_postgres", counted)
+    return applied
+
+
+async def test_postgres_writer_counts_its_own_rows_once_and_the_trigger_all_others(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if db.log_url.dialect != "postgresql":
+        pytest.skip("the pause setting is PostgreSQL's")
+    import asyncpg  # type: ignore[import-untyped]
+
+    applied = count_own_batches(monkeypatch)
+    # (a) the writer's batches: summed by the writer, the trigger standing by
+    await write(db, spread(300, BASE, 50), batch_size=100)
+    assert applied == [100, 100, 100]
+    await assert_summaries_exact(db)
+    # (c) a batch held in flight with the pause on (after PG_PAUSE, before its COPY): another
+    # session's INSERT, on the same keys, is counted by the trigger, and sees no pause
+    held, release = asyncio.Event(), asyncio.Event()
+    copy = asyncpg.Connection.copy_records_to_table
+    in_writer: list[str] = []
+
+    async def held_copy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        in_writer.append(await self.fetchval(f"SELECT current_setting('{PG_SETTING}', true)"))
+        held.set()
+        await release.wait()
+        return await copy(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", held_copy)
+    writing = asyncio.create_task(write(db, spread(60, BASE + H, 40), batch_size=100))
+    await asyncio.wait_for(held.wait(), 10)
+    assert in_writer == ["on"]
+    async with db.log_engine.begin() as conn:
+        assert await conn.scalar(text(f"SELECT current_setting('{PG_SETTING}', true)")) in (None, "")
+        await conn.execute(text(OPERATOR_INSERT.format(start=BASE + H, rows=40)))
+    await assert_summaries_exact(db)
+    release.set()
+    await writing
+    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", copy)
+    assert applied[3:] == [60]
+    await assert_summaries_exact(db)
+    # the pause covers the writer's COPY only: later statements of its own transaction (here an
+    # applier inserting a log row) are counted by the trigger
+    inserts = InsertsALog()
+    await write(db, spread(30, BASE + 2 * H, 30), batch_size=100, applier=inserts)
+    assert inserts.settings == ["off"]
+    await assert_summaries_exact(db)
+    # (b) after: plain INSERTs and audit logs from other connections are counted by the trigger
+    async with db.log_engine.begin() as conn:
+        await conn.execute(text(OPERATOR_INSERT.format(start=BASE + 2 * H, rows=25)))
+    await record_log(db, entry(2000, BASE + 2 * H + 9))
+    await assert_summaries_exact(db)
+    assert applied[4:] == [30]
+    async with db.log_engine.connect() as conn:
+        total = await conn.scalar(text("SELECT SUM(count) FROM log_type_counts"))
+    assert total == 300 + 60 + 40 + 30 + 1 + 25 + 1
+
+
+async def test_migration_0003_and_its_downgrade_keep_the_summaries_exact(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before 0003 (and after its downgrade) the writer does not pause and the trigger counts its
+    rows; after it, the writer counts them; either way once. A no-op on SQLite and MySQL."""
+    postgres = db.log_url.dialect == "postgresql"
+    applied = count_own_batches(monkeypatch)
+
+    async def alembic(step: Any, revision: str) -> None:
+        async with db.log_engine.begin() as conn:
+            await conn.run_sync(lambda sync: step(alembic_config("logs", sync), revision))
+
+    async def installed() -> str:
+        async with db.log_engine.connect() as conn:
+            return str(
+                await conn.scalar(text("SELECT prosrc FROM pg_proc WHERE proname = 'log_counts_apply'"))
+            )
+
+    async def pause() -> str | None:
+        async with db.log_engine.connect() as conn:
+            setting = await conn.scalar(text(PG_PAUSE))  # rolled back with the connection
+        return None if setting is None else str(setting)
+
+    await alembic(command.downgrade, "0002")
+    if postgres:
+        assert await installed() == pg_function(standby=False).split("$body$")[1]
+        assert await pause() == "off"
+    await write(db, spread(120, BASE, 60))
+    assert applied == []
+    await assert_summaries_exact(db)
+    await alembic(command.upgrade, "head")
+    if postgres:
+        assert await installed() == pg_function().split("$body$")[1]
+        assert await pause() == "on"
+    await write(db, spread(120, BASE + 3, 60))
+    assert applied == ([50, 50, 20] if postgres else [])
+    await assert_summaries_exact(db)
+    if postgres:  # with the insert trigger disabled (a bulk load), the writer does not count either
+        async with db.log_engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE logs DISABLE TRIGGER trg_logs_counts_insert"))
+            assert await conn.scalar(text(PG_PAUSE)) == "off"
+            await conn.rollback()

@@ -13,6 +13,7 @@ from sqlalchemy import inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.conftest import DatabaseFactory
+from tests.integration.test_log_counts import assert_summaries_exact
 from tollway.db.engine import Database
 from tollway.db.migrate import migrate
 from tollway.db.models.log import LOG_CONSUME, LOG_ERROR, Log
@@ -130,6 +131,7 @@ async def test_entries_become_rows_in_few_batches_with_their_charges(db: Databas
         assert got == {name: getattr(e, name) for name in LogEntry.__slots__}
     assert await used_quota(db) == (sum(e.quota for e in entries), 2_500)
     assert applier.calls == 2
+    await assert_summaries_exact(db)  # on PostgreSQL and SQLite summed by the writer itself
     assert rollup.snapshot() == {
         (1, "alice", "gpt-4o", NOW - NOW % 3600): (2_500, sum(e.quota for e in entries), 2_500 * 7)
     }
@@ -189,6 +191,7 @@ async def test_failed_batch_leaves_nothing_and_is_retried(
     assert "retrying in 0.1 s: RuntimeError: applier failed on purpose" in caplog.text
     assert await scalar(db, "SELECT COUNT(*) FROM logs", logs=True) == 6
     assert await used_quota(db) == (600, 6)
+    await assert_summaries_exact(db)  # the failed attempt's summary went with its rows
 
 
 async def test_disabled_consume_logs_are_skipped_but_charged(db: Database) -> None:
@@ -333,6 +336,7 @@ async def test_separate_log_database_gets_the_logs(
             await writer.submit(entry(i), charge(5))
         await writer.stop()
         assert await scalar(database, "SELECT COUNT(*) FROM logs", logs=True) == 10
+        await assert_summaries_exact(database)
         assert await used_quota(database) == (50, 10)
         assert await scalar(database, "SELECT SUM(count) FROM quota_data") == 10
         async with database.engine.connect() as conn:

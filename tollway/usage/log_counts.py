@@ -21,11 +21,28 @@ other. Rows whose count drops to zero are deleted. Per database:
   empties them. Statements naming one partition (the default-partition move of ``partition_jobs``)
   do not fire them, which is right: moving rows between partitions changes no count. Dropping a
   partition fires nothing either: the retention purge deletes that range's summary rows itself.
-* SQLite and MySQL/MariaDB: row-level triggers doing the same per row. On SQLite the batch writer
-  does its own inserts' share with one upsert per table per batch (:class:`BatchCounts`), the
-  insert trigger standing by while ``log_counts_paused`` holds a row, which only the writer's
-  transaction ever sees. On MySQL with binary logging on, creating triggers needs SUPER or
-  ``log_bin_trust_function_creators=1``.
+* SQLite and MySQL/MariaDB: row-level triggers doing the same per row.
+
+The batch writer (SQLite and PostgreSQL) does its own inserts' share itself, with one upsert per
+table per batch (:class:`BatchCounts`; on PostgreSQL tables and keys in the trigger's order, so
+that writers and triggers lock rows in one order), while the insert trigger stands by:
+
+* SQLite: while ``log_counts_paused`` holds a row, which only the writer's transaction ever sees.
+* PostgreSQL (logs migration 0003): for an INSERT or COPY statement run while the setting
+  ``PG_SETTING`` is ``'on'``, which the trigger then sets back to ``'off'``: the writer sets it
+  (``PG_PAUSE``, ``set_config(…, true)``: local to its transaction, invisible to other sessions,
+  undone by commit or rollback) right before its one ``COPY``, so the pause covers that statement
+  only. ``PG_PAUSE`` sets it only when the insert trigger is enabled and its function knows the
+  setting, and the writer sums its batch only then: it counts its rows exactly when the trigger
+  would not, also against a database without migration 0003 (the trigger counts them) or while
+  the insert trigger is disabled for a bulk load (nothing does, as before). A row in
+  ``log_counts_paused`` would do on PostgreSQL too, but concurrent writers, each inserting that
+  row, would wait for one another's commit. The transition table is filled all the same
+  (PostgreSQL captures it for every statement that fires the trigger); what the pause saves is the
+  trigger's per-statement grouping and upserts.
+
+On MySQL with binary logging on, creating triggers needs SUPER or
+``log_bin_trust_function_creators=1``.
 
 :func:`rebuild` recomputes the tables from ``logs`` (the migration's backfill; a bulk load that
 dropped the triggers uses it too).
@@ -34,6 +51,7 @@ dropped the triggers uses it too).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -178,9 +196,21 @@ def create_triggers(conn: Connection) -> None:
         )
 
 
-# ----- SQLite: the batch writer's own, aggregated maintenance -----------------------------------
+# ----- SQLite and PostgreSQL: the batch writer's own, aggregated maintenance ---------------------
 
-PAUSED = "log_counts_paused"
+PAUSED = "log_counts_paused"  # SQLite: the table whose row makes the insert trigger stand by
+PG_SETTING = "tollway.log_counts_paused"  # PostgreSQL: the transaction-local setting that does
+# Sets PG_SETTING until the next INSERT or COPY into logs (whose trigger clears it) or the end of
+# the transaction, and returns it: 'on' only while the insert trigger is enabled and runs a
+# function that knows the setting (logs migration 0003 applied), so that a writer newer than the
+# database, or one running while the triggers are disabled or dropped for a bulk load, leaves the
+# counting to whatever the trigger does.
+PG_PAUSE = (
+    f"SELECT set_config('{PG_SETTING}', CASE WHEN EXISTS (SELECT 1 FROM pg_trigger t "
+    f"JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgrelid = to_regclass('logs') "
+    f"AND t.tgname = '{TRIGGER_NAMES[0]}' AND t.tgenabled <> 'D' "
+    f"AND position('{PG_SETTING}' IN p.prosrc) > 0) THEN 'on' ELSE 'off' END, true)"
+)
 _SUMMED = ("count", *SUMS)
 
 
@@ -247,6 +277,46 @@ async def apply_batch_sqlite(conn: AsyncConnection, counts: BatchCounts) -> None
                 f"ON CONFLICT ({_columns('sqlite', key_names)}) DO UPDATE SET {sets}",
                 params,
             )
+
+
+_PG_ARRAY_TYPES = {
+    "bucket": "int8",
+    "dim": "int2",
+    "value": "text",
+    "type": "int4",
+    "user_id": "int4",
+    "token_id": "int4",
+    "channel_id": "int4",
+    "model_name": "text",
+    "username": "text",
+    "token_name": "text",
+    "group_name": "text",
+    **{name: "int8" for name in _SUMMED},
+}
+
+
+@cache
+def _pg_batch_upsert(table: str, key_names: tuple[str, ...]) -> str:
+    """One upsert of ``table`` from one array per column, in the key's order (as the trigger's)."""
+    names = (*key_names, *_SUMMED)
+    columns = ", ".join(f'"{n}"' for n in names)
+    arrays = ", ".join(f"${i}::{_PG_ARRAY_TYPES[n]}[]" for i, n in enumerate(names, 1))
+    order = ", ".join(str(i) for i in range(1, len(key_names) + 1))
+    adds = ", ".join(f'"{n}" = c."{n}" + EXCLUDED."{n}"' for n in _SUMMED)
+    key = ", ".join(f'"{n}"' for n in key_names)
+    return (
+        f'INSERT INTO "{table}" AS c ({columns}) SELECT * FROM unnest({arrays}) AS d ({columns}) '
+        f"ORDER BY {order} ON CONFLICT ({key}) DO UPDATE SET {adds}"
+    )
+
+
+async def apply_batch_postgres(conn: AsyncConnection, counts: BatchCounts) -> None:
+    """Add ``counts`` to the summaries with one upsert per table (PostgreSQL), in the tables' and
+    keys' order of the trigger, so that concurrent writers and triggers lock rows in one order."""
+    for table, key_names, rows in counts.tables():
+        if rows:
+            columns = zip(*(key + tuple(amounts) for key, amounts in rows.items()), strict=True)
+            await conn.exec_driver_sql(_pg_batch_upsert(table, key_names), tuple(map(list, columns)))
 
 
 # ----- row-level triggers (SQLite, MySQL) -------------------------------------------------------
@@ -383,24 +453,46 @@ def _pg_dim_statements() -> tuple[str, str]:
     return add, subtract
 
 
-def _postgres_statements() -> list[str]:
+def pg_function(*, standby: bool = True) -> str:
+    """``CREATE OR REPLACE FUNCTION log_counts_apply()``: the body of every PostgreSQL trigger.
+
+    With ``standby`` (logs migration 0003 on) an INSERT or COPY statement run while ``PG_SETTING``
+    is ``'on'`` is left to the writer that set it, and the setting cleared; without, the function
+    as logs migration 0002 installed it (what 0003's downgrade restores).
+    """
     tables = (("log_counts", DIMENSIONS), ("log_type_counts", ("type",)))
     dim_add, dim_subtract = _pg_dim_statements()
     subtract = (
         " ".join(s + ";" for table, key in tables for s in _pg_subtract(table, key)) + " " + dim_subtract
     )
     add = " ".join(_pg_add(table, key) + ";" for table, key in tables) + " " + dim_add
-    function = (
+    stand_by = (
+        f"IF TG_OP = 'INSERT' AND current_setting('{PG_SETTING}', true) = 'on' THEN "
+        f"PERFORM set_config('{PG_SETTING}', 'off', true); RETURN NULL; END IF; "
+        if standby
+        else ""
+    )
+    return (
         f"CREATE OR REPLACE FUNCTION {PG_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $body$ BEGIN "
+        f"{stand_by}"
         "IF TG_OP = 'TRUNCATE' THEN DELETE FROM log_counts; DELETE FROM log_type_counts; "
         "DELETE FROM log_dim_counts; RETURN NULL; END IF; "
         f"IF TG_OP IN ('DELETE', 'UPDATE') THEN {subtract} END IF; "
         f"IF TG_OP IN ('INSERT', 'UPDATE') THEN {add} END IF; "
         "RETURN NULL; END $body$"
     )
+
+
+def replace_pg_function(conn: Connection, *, standby: bool) -> None:
+    """Install :func:`pg_function` over the current one (PostgreSQL; a no-op elsewhere)."""
+    if conn.dialect.name == "postgresql":
+        _run(conn, pg_function(standby=standby))
+
+
+def _postgres_statements() -> list[str]:
     run = f"FOR EACH STATEMENT EXECUTE PROCEDURE {PG_FUNCTION}()"
     return [
-        function,
+        pg_function(),
         f"CREATE TRIGGER trg_logs_counts_insert AFTER INSERT ON logs REFERENCING NEW TABLE AS new_rows {run}",
         f"CREATE TRIGGER trg_logs_counts_delete AFTER DELETE ON logs REFERENCING OLD TABLE AS old_rows {run}",
         "CREATE TRIGGER trg_logs_counts_update AFTER UPDATE ON logs "
