@@ -114,14 +114,15 @@ async def test_entries_become_rows_in_few_batches_with_their_charges(db: Databas
     applier = UserApplier()
     rollup = QuotaRollup()
     writer = LogWriter(db, applier, rollup=rollup, batch_size=2_000, flush_interval=60)
-    entries = [entry(i) for i in range(2_500)]  # a 2 000-row batch needs two INSERT statements
+    entries = [entry(i) for i in range(2_500)]  # more than one INSERT statement takes
     for e in entries:
         assert writer.submit_nowait(e, charge(e.quota))
     assert writer.queue_depth == 2_500
     await writer.start()
     await writer.flush()
     assert writer.queue_depth == 0
-    assert (writer.rows_written, writer.batches_written, writer.failures) == (2_500, 2, 0)
+    # A writer behind by more than batch_size catches up with one bigger batch.
+    assert (writer.rows_written, writer.batches_written, writer.failures) == (2_500, 1, 0)
     assert writer.last_batch_seconds > 0
     async with db.log_session() as session:
         rows = (await session.execute(select(Log).order_by(Log.id))).scalars().all()
@@ -130,7 +131,7 @@ async def test_entries_become_rows_in_few_batches_with_their_charges(db: Databas
         got = {name: getattr(row, name) for name in LogEntry.__slots__}
         assert got == {name: getattr(e, name) for name in LogEntry.__slots__}
     assert await used_quota(db) == (sum(e.quota for e in entries), 2_500)
-    assert applier.calls == 2
+    assert applier.calls == 1
     await assert_summaries_exact(db)  # on PostgreSQL and SQLite summed by the writer itself
     assert rollup.snapshot() == {
         (1, "alice", "gpt-4o", NOW - NOW % 3600): (2_500, sum(e.quota for e in entries), 2_500 * 7)

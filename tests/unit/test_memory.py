@@ -31,3 +31,16 @@ def test_trim_returns_freed_heap_memory() -> None:
     assert grown - before > 50_000  # the blocks took ~100 MB
     assert after < grown - 50_000  # and the trim gave most of it back
     assert keep
+
+
+def test_sqlite_statement_sizes_cover_every_batch_with_few_shapes() -> None:
+    """SQLite's driver caches each prepared statement: batches of any size use about a dozen."""
+    from tollway.usage.log_counts import statement_sizes
+
+    shapes: set[int] = set()
+    for rows in range(0, 6_000):
+        sizes = statement_sizes(rows, 1_500)
+        assert sum(sizes) == rows
+        assert len(sizes) <= rows // 1_500 + 11
+        shapes.update(sizes)
+    assert len(shapes) <= 12

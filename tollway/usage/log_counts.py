@@ -258,8 +258,30 @@ class BatchCounts:
         ]
 
 
+def statement_sizes(rows: int, largest: int) -> list[int]:
+    """How many rows each multi-row statement of a batch of ``rows`` takes on SQLite: ``largest``
+    as often as it fits, then the rest as powers of two (at most one of each).
+
+    SQLite's driver caches every statement it prepares (128 per connection), and a prepared
+    1,000-row INSERT holds about a megabyte: one statement per batch size made a busy worker's
+    memory climb by hundreds of megabytes. These sizes are few (about a dozen shapes), and a batch
+    still needs few statements, each stepped with the GIL released once (an ``executemany`` would
+    wait for the GIL at every row while the event loop is busy).
+    """
+    sizes = [largest] * (rows // largest)
+    rest = rows % largest
+    bit = 1 << max(rest.bit_length() - 1, 0)
+    while rest:
+        if rest >= bit:
+            sizes.append(bit)
+            rest -= bit
+        bit >>= 1
+    return sizes
+
+
 async def apply_batch_sqlite(conn: AsyncConnection, counts: BatchCounts) -> None:
-    """Add ``counts`` to the summaries with one upsert per table (SQLite)."""
+    """Add ``counts`` to the summaries with a few multi-row upserts per table (SQLite), in the
+    sizes of :func:`statement_sizes`."""
     for table, key_names, rows in counts.tables():
         if not rows:
             continue
@@ -267,16 +289,21 @@ async def apply_batch_sqlite(conn: AsyncConnection, counts: BatchCounts) -> None
         width = len(names)
         sets = ", ".join(f'"{n}" = "{n}" + excluded."{n}"' for n in _SUMMED)
         keys = list(rows.items())
-        per_statement = 30_000 // width
-        for start in range(0, len(keys), per_statement):
-            part = keys[start : start + per_statement]
-            values = ",".join(["(" + ",".join("?" * width) + ")"] * len(part))
+        start = 0
+        for size in statement_sizes(len(keys), _largest_power_of_two(30_000 // width)):
+            part = keys[start : start + size]
+            start += size
+            values = ",".join(["(" + ",".join("?" * width) + ")"] * size)
             params = tuple(value for key, amounts in part for value in (*key, *amounts))
             await conn.exec_driver_sql(
                 f"INSERT INTO {table} ({_columns('sqlite', names)}) VALUES {values} "
                 f"ON CONFLICT ({_columns('sqlite', key_names)}) DO UPDATE SET {sets}",
                 params,
             )
+
+
+def _largest_power_of_two(limit: int) -> int:
+    return 1 << (limit.bit_length() - 1)
 
 
 _PG_ARRAY_TYPES = {

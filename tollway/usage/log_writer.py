@@ -59,6 +59,7 @@ from tollway.usage.log_counts import (
     BatchCounts,
     apply_batch_postgres,
     apply_batch_sqlite,
+    statement_sizes,
 )
 from tollway.usage.records import Charge, ChargeApplier, LogEntry
 from tollway.usage.rollup import QuotaRollup, describe_error
@@ -76,6 +77,7 @@ _ROWS_PER_STATEMENT = min(1_500, 30_000 // len(_FIELDS))
 _CHARS_PER_STATEMENT = 2_000_000  # of content + other: keeps statements under MySQL's max_allowed_packet
 _MYSQL_TEXT_CHARS = 65_535 // 4  # TEXT holds 64 KiB, and a utf8mb4 character takes up to 4 bytes
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
+_CATCH_UP_BATCHES = 16  # a batch takes up to this many times batch_size entries when more wait
 
 _Item = tuple[LogEntry, Charge | None]
 
@@ -219,7 +221,9 @@ class LogWriter:
         """
         async with self._write_lock:
             queue = self._queue
-            count = min(self._batch_size, len(queue))
+            # Behind (a burst, or a loop too busy to give the writer many turns): bigger batches
+            # catch up, since a batch costs a few round trips to the database whatever its size.
+            count = min(len(queue), self._batch_size * _CATCH_UP_BATCHES)
             if count == 0:
                 return False
             batch = _Batch([queue.popleft() for _ in range(count)])
@@ -304,17 +308,13 @@ class LogWriter:
             await _copy_logs(conn, entries)
             return
         limits = _limits(dialect.name)
-        counts = BatchCounts() if dialect.name == "sqlite" else None
-        if counts is not None:
-            await conn.exec_driver_sql(f"INSERT INTO {PAUSED} (id) VALUES (1)")
+        if dialect.name == "sqlite":
+            await self._insert_sqlite(conn, entries, limits)
+            return
         params: list[Any] = []
         rows = chars = 0
         for entry in entries:
             values = _fitted(_values(entry), limits)
-            if counts is not None:
-                counts.add(
-                    values[_CREATED], _dims(values), values[_QUOTA], values[_PROMPT], values[_COMPLETION]
-                )
             params.extend(values)
             rows += 1
             chars += len(entry.content) + len(entry.other)
@@ -323,9 +323,26 @@ class LogWriter:
                 params, rows, chars = [], 0, 0
         if rows:
             await conn.exec_driver_sql(self._insert_sql(dialect, rows), tuple(params))
-        if counts is not None:
-            await apply_batch_sqlite(conn, counts)
-            await conn.exec_driver_sql(f"DELETE FROM {PAUSED}")
+
+    async def _insert_sqlite(
+        self, conn: AsyncConnection, entries: Sequence[LogEntry], limits: tuple[tuple[int, int], ...]
+    ) -> None:
+        """SQLite: multi-row INSERTs of the sizes :func:`statement_sizes` allows, with the
+        summaries' insert trigger standing by while the batch adds its own share."""
+        counts = BatchCounts()
+        await conn.exec_driver_sql(f"INSERT INTO {PAUSED} (id) VALUES (1)")
+        rows: list[tuple[Any, ...]] = []
+        for entry in entries:
+            values = _fitted(_values(entry), limits)
+            counts.add(values[_CREATED], _dims(values), values[_QUOTA], values[_PROMPT], values[_COMPLETION])
+            rows.append(values)
+        start = 0
+        for size in statement_sizes(len(rows), _ROWS_PER_STATEMENT):
+            params = tuple(value for row in rows[start : start + size] for value in row)
+            await conn.exec_driver_sql(self._insert_sql(conn.dialect, size), params)
+            start += size
+        await apply_batch_sqlite(conn, counts)
+        await conn.exec_driver_sql(f"DELETE FROM {PAUSED}")
 
     def _insert_sql(self, dialect: Dialect, rows: int) -> str:
         """``INSERT INTO logs (…) VALUES (…), (…)`` for ``rows`` rows in the driver's paramstyle."""
@@ -347,8 +364,8 @@ class LogWriter:
         quote = dialect.identifier_preparer.quote
         columns = ", ".join(quote(name) for name in _COLUMN_KEYS)
         sql = f"INSERT INTO {quote(self._table.name)} ({columns}) VALUES {values}"
-        if rows in (self._batch_size, _ROWS_PER_STATEMENT):  # the sizes a busy writer repeats
-            self._sql_cache[key] = sql
+        if dialect.name == "sqlite" or rows in (self._batch_size, _ROWS_PER_STATEMENT):
+            self._sql_cache[key] = sql  # SQLite's sizes are few; elsewhere those a busy writer repeats
         return sql
 
 
