@@ -108,8 +108,10 @@ async def test_steady_state_requests_make_no_database_round_trip(live: Live, ups
     finally:
         for engine in engines:
             event.remove(engine, "before_cursor_execute", count)
-    assert "SELECT" not in statements  # no lookups per request
-    # Only the log writer's batches touch the database: a handful of statements per batch (on SQLite
-    # with the log summaries' upserts and their trigger marker: about 11).
+    # No lookups per request: the only SELECT is PostgreSQL's writer asking, once per batch, for
+    # the summaries' trigger to stand by during its COPY.
+    assert statements.count("SELECT") <= batches, statements
+    # Only the log writer's batches touch the database: a bounded number of statements per batch
+    # (on SQLite the logs and each summary table take a few multi-row statements of fixed sizes).
     assert 1 <= batches <= 20
-    assert len(statements) <= batches * 12, statements
+    assert len(statements) <= batches * 40, statements
