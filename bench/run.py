@@ -471,11 +471,7 @@ class Bench:
         )
 
     def warm_up(self) -> None:
-        """Untimed load on Tollway first: connection pools, leases, caches (the mocks need none).
-
-        Every model is asked once, so that one-time lazy work (a tokenizer's tables load on the
-        first answer too long to hold as text) is not measured as the long stream's memory
-        growth; peak RSS still includes it."""
+        """Untimed load on Tollway first: connection pools, leases, caches (the mocks need none)."""
         if self.plan.warmup <= 0:
             return
         progress(f"warm-up ({self.plan.warmup:.0f} s per kind)")
@@ -483,10 +479,6 @@ class Bench:
         run_wrk(url, key, FAST_MODEL, False, 64, self.plan.warmup)
         run_wrk(url, key, FAST_MODEL, True, 64, self.plan.warmup)
         run_sse(url, key, SLOW_MODEL, 4, 0.5)
-        # Long answers: past 128 Ki characters held, the answer's tokenizer loads, once per worker.
-        # Twelve at once (160 Ki characters each, the query string reaching the mock) leave
-        # about one chance in two thousand that a worker of two gets none.
-        run_sse(url, key, LONG_MODEL, 12, 0.1, query="chunks=40000")
 
     def run(self) -> None:
         self.warm_up()

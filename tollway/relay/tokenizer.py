@@ -72,10 +72,11 @@ MAX_PART_TOKENS: Final = max(_IMAGE_TOKENS, _IMAGE_LOW_TOKENS, *_FIXED_PART_TOKE
 
 _FLUSH_AT: Final = 2048
 _MAX_CARRY: Final = 2048
-# An answer is held as text up to this many characters (about 32k tokens of English) before the
-# first encoding: the upstream's usage at the end of a stream usually makes counting moot, and
-# the tokenizer's tables are then never loaded.
-HOLD_CHARS: Final = 128 * 1024
+# An answer is held as text up to this many characters (about 128k tokens of English, beyond the
+# longest answers models give) before the first encoding: the upstream's usage at the end of a
+# stream usually makes counting moot, and the tokenizer's tables (23-47 MB) are then never loaded.
+# Held text is joined as it comes (see _JOIN_PIECES): about a byte per character, bounded.
+HOLD_CHARS: Final = 512 * 1024
 _JOIN_PIECES: Final = 64
 MAX_BUFFERED_CHARS: Final = HOLD_CHARS + _MAX_CARRY
 """Upper bound of :attr:`CompletionCounter.buffered_chars` after any ``feed``."""
