@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from tollway import __version__
+from tollway import __version__, server
 from tollway.cli_logs import logs as logs_group
 from tollway.cli_profile import profile as profile_group
 from tollway.db.engine import Database
@@ -106,7 +106,7 @@ def serve(port: int | None, host: str | None, workers: int | None, log_dir: str 
         "Tollway %s listening on %s:%d with %d worker(s)", __version__, settings.host, settings.port, count
     )
     try:
-        _serve_uvicorn(settings, count)
+        server.serve(settings.host, settings.port, count)
     finally:
         with contextlib.suppress(OSError):
             Path(sync_file).unlink()
@@ -115,28 +115,6 @@ def serve(port: int | None, host: str | None, workers: int | None, log_dir: str 
 
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's name (tollway.ops.metrics too)
-
-
-def _serve_uvicorn(settings: Settings, workers: int) -> None:
-    """uvicorn with httptools and uvloop. Measured against granian (ASGI and RSGI interfaces) on
-    the project's benchmark: as fast for the relay, faster at one connection, and unlike granian's
-    RSGI streams it applies backpressure to a client that reads slowly."""
-    import uvicorn
-
-    uvicorn.run(
-        "tollway.app:app_from_environment",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=20,
-        server_header=False,
-    )
 
 
 def _fresh_metrics_dir(data_dir: Path) -> Path | None:

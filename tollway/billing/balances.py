@@ -27,14 +27,15 @@ import secrets
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from functools import cache
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from tollway.db.engine import Database
-from tollway.db.models import Channel, LeaseHolder, QuotaLease, Token, User
+from tollway.db.models import LeaseHolder, QuotaLease, Token, User
 from tollway.db.models.lease import ACCOUNT_TOKEN, ACCOUNT_USER
 from tollway.usage.records import Charge
 
@@ -335,6 +336,11 @@ class LeaseBalanceStore:
     # ----- durable settlement (inside the log writer's transaction) ---------------------------
 
     async def apply(self, session: AsyncSession, charges: Sequence[Charge]) -> None:
+        """Make ``charges`` durable in the session's transaction: per account one update of its
+        totals and one of this holder's lease (a debit of the balance when the lease is gone).
+
+        The statements are plain SQL in the driver's paramstyle: through the ORM, compiling and
+        evaluating them cost about a millisecond of the event loop's time per batch."""
         users: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # used, requests
         tokens: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # used, limited spent
         channels: dict[int, int] = defaultdict(int)
@@ -348,54 +354,71 @@ class LeaseBalanceStore:
                     tokens[charge.token_id][1] += charge.quota
             if charge.channel_id:
                 channels[charge.channel_id] += charge.quota
+        conn = await session.connection()
+        sql = _settlement_sql(conn.dialect.paramstyle)
         now = int(time.time())
         for user_id in sorted(users):
             used, requests = users[user_id]
-            await session.execute(
-                update(User)
-                .where(User.id == user_id)
-                .values(used_quota=User.used_quota + used, request_count=User.request_count + requests)
-            )
-            await self._spend_lease(session, ACCOUNT_USER, user_id, used, now)
+            await conn.exec_driver_sql(sql.user_totals, (used, requests, user_id))
+            await self._spend_lease(conn, sql, ACCOUNT_USER, user_id, used, now)
         for token_id in sorted(tokens):
             used, spent = tokens[token_id]
-            await session.execute(
-                update(Token)
-                .where(Token.id == token_id)
-                .values(used_quota=Token.used_quota + used, accessed_time=now)
-            )
+            await conn.exec_driver_sql(sql.token_totals, (used, now, token_id))
             if spent:
-                await self._spend_lease(session, ACCOUNT_TOKEN, token_id, spent, now)
+                await self._spend_lease(conn, sql, ACCOUNT_TOKEN, token_id, spent, now)
         for channel_id in sorted(channels):
-            await session.execute(
-                update(Channel)
-                .where(Channel.id == channel_id)
-                .values(used_quota=Channel.used_quota + channels[channel_id])
-            )
-        await session.execute(
-            update(LeaseHolder).where(LeaseHolder.holder == self.holder).values(heartbeat_at=now)
-        )
+            await conn.exec_driver_sql(sql.channel_totals, (channels[channel_id], channel_id))
+        await conn.exec_driver_sql(sql.heartbeat, (now, self.holder))
 
     async def _spend_lease(
-        self, session: AsyncSession, kind: int, account_id: int, amount: int, now: int
+        self, conn: AsyncConnection, sql: _SettlementSql, kind: int, account_id: int, amount: int, now: int
     ) -> None:
         if not amount:
             return
-        spent = await session.execute(
-            update(QuotaLease)
-            .where(
-                QuotaLease.holder == self.holder,
-                QuotaLease.account_kind == kind,
-                QuotaLease.account_id == account_id,
-            )
-            .values(amount=QuotaLease.amount - amount, updated_at=now)
-        )
-        if spent.rowcount == 0:  # type: ignore[attr-defined]
+        spent = await conn.exec_driver_sql(sql.spend_lease, (amount, now, self.holder, kind, account_id))
+        if spent.rowcount == 0:
             # The lease was returned (or reclaimed) before this charge was flushed: debit directly.
-            model, column = _balance_column(kind)
-            await session.execute(
-                update(model).where(model.id == account_id).values({column: getattr(model, column) - amount})
-            )
+            debit = sql.debit_user if kind == ACCOUNT_USER else sql.debit_token
+            await conn.exec_driver_sql(debit, (amount, account_id))
+
+
+@dataclass(frozen=True)
+class _SettlementSql:
+    """The settlement's statements, written with ``?`` and translated to a driver's paramstyle."""
+
+    user_totals: str = (
+        "UPDATE users SET used_quota = used_quota + ?, request_count = request_count + ? WHERE id = ?"
+    )
+    token_totals: str = "UPDATE tokens SET used_quota = used_quota + ?, accessed_time = ? WHERE id = ?"  # noqa: S105
+    channel_totals: str = "UPDATE channels SET used_quota = used_quota + ? WHERE id = ?"
+    heartbeat: str = "UPDATE quota_lease_holders SET heartbeat_at = ? WHERE holder = ?"
+    spend_lease: str = (
+        "UPDATE quota_leases SET amount = amount - ?, updated_at = ? "
+        "WHERE holder = ? AND account_kind = ? AND account_id = ?"
+    )
+    debit_user: str = "UPDATE users SET quota = quota - ? WHERE id = ?"
+    debit_token: str = "UPDATE tokens SET remain_quota = remain_quota - ? WHERE id = ?"  # noqa: S105
+
+
+@cache
+def _settlement_sql(paramstyle: str) -> _SettlementSql:
+    if paramstyle == "qmark":
+        return _SettlementSql()
+    marks: dict[str, Callable[[int], str]] = {
+        "numeric_dollar": lambda i: f"${i}",
+        "numeric": lambda i: f":{i}",
+        "format": lambda i: "%s",
+        "pyformat": lambda i: "%s",
+    }
+    mark = marks[paramstyle]
+
+    def translate(statement: str) -> str:
+        parts = statement.split("?")
+        return parts[0] + "".join(mark(i) + part for i, part in enumerate(parts[1:], 1))
+
+    return _SettlementSql(
+        **{f.name: translate(getattr(_SettlementSql, f.name)) for f in fields(_SettlementSql)}
+    )
 
 
 async def leased_amounts(session: AsyncSession, kind: int, account_ids: Sequence[int]) -> dict[int, int]:
