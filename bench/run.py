@@ -403,6 +403,7 @@ class Bench:
     key: str
     direct: dict[str, Service]  # model -> its mock
     tollway: Service
+    floor: Service | None = None  # bench/passthrough.py in front of the slow mock (ttft only)
     startup_seconds: float = 0.0
     points: list[dict[str, Any]] = field(default_factory=list)
     long: list[dict[str, Any]] = field(default_factory=list)
@@ -412,6 +413,9 @@ class Bench:
         if name == "direct":
             mock = self.direct[model]
             return mock.base_url, "", mock.pid
+        if name == "floor":
+            assert self.floor is not None and model == SLOW_MODEL
+            return self.floor.base_url, "", self.floor.pid
         return self.tollway.base_url, self.key, self.tollway.pid
 
     def sample(self, scenario: str, conc: int, name: str) -> dict[str, Any]:
@@ -438,6 +442,8 @@ class Bench:
         a burst of outside load hits both sides alike."""
         pairs = self.plan.check_pairs if (scenario, conc) == ("chat", CHECK_CONC) else 1
         runs: dict[str, list[dict[str, Any]]] = {"direct": [], "tollway": []}
+        if scenario == "ttft" and self.floor is not None:
+            runs["floor"] = []
         for _ in range(pairs):
             for name, found in runs.items():
                 found.append(self.sample(scenario, conc, name))
@@ -479,6 +485,8 @@ class Bench:
         run_wrk(url, key, FAST_MODEL, False, 64, self.plan.warmup)
         run_wrk(url, key, FAST_MODEL, True, 64, self.plan.warmup)
         run_sse(url, key, SLOW_MODEL, 4, 0.5)
+        if self.floor is not None:
+            run_sse(self.floor.base_url, "", SLOW_MODEL, 4, 0.5)
 
     def run(self) -> None:
         self.warm_up()
@@ -536,11 +544,12 @@ def comparisons(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_key = {(p["scenario"], p["conc"], p["target"]): p for p in points}
     for (scenario, conc, target), t in by_key.items():
         d = by_key.get((scenario, conc, "direct"))
-        if target != "tollway" or d is None:
+        if target == "direct" or d is None:
             continue
         row: dict[str, Any] = {
             "scenario": scenario,
             "conc": conc,
+            "target": target,
             "rps_ratio": t["rps"] / d["rps"] if d["rps"] else 0.0,
             "added_p50_ms": (t["p50"] - d["p50"]) / 1000,
             "added_p90_ms": (t["p90"] - d["p90"]) / 1000,
@@ -586,7 +595,13 @@ def target_report(
         add("stream c=64 rps", stream64["rps"], TARGET_STREAM_RPS, True)
     for row in compare:
         if row["scenario"] == "ttft":
-            add(f"ttft c={row['conc']} added p50 ms", row["added_ttft_p50_ms"], TARGET_ADDED_TTFT_MS, False)
+            label = "" if row["target"] == "tollway" else f" ({row['target']})"
+            add(
+                f"ttft c={row['conc']} added p50 ms{label}",
+                row["added_ttft_p50_ms"],
+                TARGET_ADDED_TTFT_MS,
+                False,
+            )
     if worker_mb:
         add("peak RSS per process MB", worker_mb, TARGET_WORKER_RSS_MB, False)
     tollway_long = find(long, target="tollway")
@@ -670,7 +685,7 @@ def render(report: dict[str, Any]) -> str:
     headers += ["err", "x_rps", "+p50ms", "+p90ms", "+p99ms", "+ttft50ms", "cpu_us", "rssMB", "procMB"]
     rows = []
     for p in report["points"]:
-        c = find(compare, scenario=p["scenario"], conc=p["conc"]) if p["target"] == "tollway" else None
+        c = find(compare, scenario=p["scenario"], conc=p["conc"], target=p["target"])
         rows.append(
             [
                 p["scenario"],
@@ -831,8 +846,14 @@ def start_stack(services: Services, plan: Plan) -> Bench:
     tollway_env = env | secrets_
     tollway_env.update(PORT=str(port), HOST=LOOPBACK, WORKERS=str(plan.workers), SQLITE_PATH=str(sqlite_path))
     tollway = services.start("tollway", tollway_command(), tollway_env, port, "/api/status")
+    floor = None
+    if "ttft" in plan.scenarios:
+        port = free_port()
+        passthrough = [sys.executable, str(BENCH / "passthrough.py"), "--port", str(port)]
+        passthrough += ["--upstream", direct[SLOW_MODEL].base_url, "--workers", str(plan.workers)]
+        floor = services.start("floor", passthrough, env, port, "/health")
     time.sleep(1.0)  # every worker past its lifespan start, not just the first to answer
-    return Bench(plan, key, direct, tollway, startup_seconds=round(time.monotonic() - started, 1))
+    return Bench(plan, key, direct, tollway, floor, startup_seconds=round(time.monotonic() - started, 1))
 
 
 def stop_on_sigterm() -> None:

@@ -29,8 +29,9 @@ APP = "tollway.app:app_from_environment"
 STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that cannot start: its supervisor gives up
 
 
-def serve(host: str, port: int, workers: int) -> None:
-    """Serve until SIGTERM or SIGINT; returns when every worker has exited."""
+def serve(host: str, port: int, workers: int, *, app: str = APP) -> None:
+    """Serve ``app`` (an app factory's import path) until SIGTERM or SIGINT; returns when every
+    worker has exited."""
     import uvicorn
 
     options: dict[str, Any] = {
@@ -47,13 +48,13 @@ def serve(host: str, port: int, workers: int) -> None:
         "server_header": False,
     }
     if workers <= 1 or not hasattr(socket, "SO_REUSEPORT"):
-        uvicorn.run(APP, **options)
+        uvicorn.run(app, **options)
         return
     from uvicorn.supervisors.multiprocess import Multiprocess
 
     _check_port_free(host, port)
     with contextlib.suppress(KeyboardInterrupt):
-        Multiprocess(uvicorn.Config(APP, **options), sockets=WorkerListener(host, port)).run()
+        Multiprocess(uvicorn.Config(app, **options), sockets=WorkerListener(host, port)).run()
 
 
 class WorkerListener(list[socket.socket]):

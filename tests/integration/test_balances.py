@@ -14,6 +14,7 @@ from tollway.db.engine import Database
 from tollway.db.migrate import migrate
 from tollway.db.models import LeaseHolder, QuotaLease, Token, User
 from tollway.db.models.lease import ACCOUNT_TOKEN, ACCOUNT_USER
+from tollway.db.sqlite_thread import run_on_sqlite_thread
 from tollway.settings import Settings
 from tollway.usage.records import Charge
 
@@ -47,8 +48,14 @@ async def held(db: Database, kind: int = ACCOUNT_USER, account: int = 1) -> int:
 
 
 async def flush(db: Database, store: LeaseBalanceStore, charges: list[Charge]) -> None:
+    """As the log writer applies a batch: on SQLite on the connection's own thread, in one round
+    trip (``apply_sqlite``), elsewhere statement by statement (``apply``)."""
     async with db.session() as session, session.begin():
-        await store.apply(session, charges)
+        if db.dialect == "sqlite":
+            conn = await session.connection()
+            await run_on_sqlite_thread(conn, lambda raw: store.apply_sqlite(raw, charges))
+        else:
+            await store.apply(session, charges)
 
 
 async def test_reserve_settle_and_flush_conserve_quota(db: Database) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -53,6 +55,28 @@ class UserApplier:
                 update(User)
                 .where(User.id == user_id)
                 .values(used_quota=User.used_quota + quota, request_count=User.request_count + count)
+            )
+        if self.calls <= self.fail_first:
+            raise RuntimeError("applier failed on purpose")
+        self.charges += len(charges)
+
+
+class ThreadUserApplier(UserApplier):
+    """UserApplier's changes, made the fast way on SQLite: on the connection's own thread, in the
+    writer's one round trip for the whole batch. ``thread_gate`` holds retries there."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        super().__init__(fail_first)
+        self.thread_gate: threading.Event | None = None
+
+    def apply_sqlite(self, conn: sqlite3.Connection, charges: Sequence[Charge]) -> None:
+        self.calls += 1
+        if self.calls > self.fail_first and self.thread_gate is not None:
+            self.thread_gate.wait(30)
+        for charge in charges:
+            conn.execute(
+                "UPDATE users SET used_quota = used_quota + ?, request_count = request_count + 1 WHERE id = ?",
+                (charge.quota, charge.user_id),
             )
         if self.calls <= self.fail_first:
             raise RuntimeError("applier failed on purpose")
@@ -110,8 +134,11 @@ async def used_quota(database: Database) -> tuple[int, int]:
         return int(row[0]), int(row[1])
 
 
-async def test_entries_become_rows_in_few_batches_with_their_charges(db: Database) -> None:
-    applier = UserApplier()
+@pytest.mark.parametrize("applier_class", [UserApplier, ThreadUserApplier])
+async def test_entries_become_rows_in_few_batches_with_their_charges(
+    db: Database, applier_class: type[UserApplier]
+) -> None:
+    applier = applier_class()
     rollup = QuotaRollup()
     writer = LogWriter(db, applier, rollup=rollup, batch_size=2_000, flush_interval=60)
     entries = [entry(i) for i in range(2_500)]  # more than one INSERT statement takes
@@ -193,6 +220,38 @@ async def test_failed_batch_leaves_nothing_and_is_retried(
     assert await scalar(db, "SELECT COUNT(*) FROM logs", logs=True) == 6
     assert await used_quota(db) == (600, 6)
     await assert_summaries_exact(db)  # the failed attempt's summary went with its rows
+
+
+async def test_a_batch_failing_on_the_sqlite_thread_leaves_nothing_and_is_retried(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    if db.dialect != "sqlite":
+        pytest.skip("the one-round-trip batch is SQLite's")
+    applier = ThreadUserApplier(fail_first=1)
+    applier.thread_gate = threading.Event()
+    writer = LogWriter(db, applier, rollup=None, flush_interval=0.01)
+    await writer.start()
+    for i in range(5):
+        writer.submit_nowait(entry(i), charge(100))
+    try:
+        with caplog.at_level(logging.WARNING, logger="tollway.usage.log_writer"):
+            for _ in range(300):
+                if applier.calls >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            # The retry waits on the thread with its rows inserted but not committed; the failed
+            # attempt, rolled back, left no trace.
+            assert writer.failures == 1
+            assert await scalar(db, "SELECT COUNT(*) FROM logs") == 0
+            assert await used_quota(db) == (0, 0)
+    finally:
+        applier.thread_gate.set()
+    await writer.stop()
+    assert "retrying in 0.1 s: RuntimeError: applier failed on purpose" in caplog.text
+    assert await scalar(db, "SELECT COUNT(*) FROM logs") == 5
+    assert await used_quota(db) == (500, 5)
+    assert applier.charges == 5
+    await assert_summaries_exact(db)
 
 
 async def test_disabled_consume_logs_are_skipped_but_charged(db: Database) -> None:

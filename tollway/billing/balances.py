@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import socket
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field, fields
 from functools import cache
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tollway.db.engine import Database
 from tollway.db.models import LeaseHolder, QuotaLease, Token, User
@@ -336,11 +337,28 @@ class LeaseBalanceStore:
     # ----- durable settlement (inside the log writer's transaction) ---------------------------
 
     async def apply(self, session: AsyncSession, charges: Sequence[Charge]) -> None:
-        """Make ``charges`` durable in the session's transaction: per account one update of its
-        totals and one of this holder's lease (a debit of the balance when the lease is gone).
+        """Make ``charges`` durable in the session's transaction (see :meth:`_settlement`).
 
         The statements are plain SQL in the driver's paramstyle: through the ORM, compiling and
         evaluating them cost about a millisecond of the event loop's time per batch."""
+        conn = await session.connection()
+        sql = _settlement_sql(conn.dialect.paramstyle)
+        for name, params, fallback, fallback_params in self._settlement(charges):
+            done = await conn.exec_driver_sql(getattr(sql, name), params)
+            if fallback and done.rowcount == 0:
+                await conn.exec_driver_sql(getattr(sql, fallback), fallback_params)
+
+    def apply_sqlite(self, conn: sqlite3.Connection, charges: Sequence[Charge]) -> None:
+        """:meth:`apply` on SQLite's own connection, in its thread (the log writer's one round trip)."""
+        sql = _settlement_sql("qmark")
+        for name, params, fallback, fallback_params in self._settlement(charges):
+            if conn.execute(getattr(sql, name), params).rowcount == 0 and fallback:
+                conn.execute(getattr(sql, fallback), fallback_params)
+
+    def _settlement(self, charges: Sequence[Charge]) -> list[_Step]:
+        """Per account one update of its totals and one of this holder's lease, which falls back
+        to a debit of the balance when the lease is gone (returned or reclaimed before this
+        charge was flushed); then this holder's heartbeat. Accounts in id order (no deadlocks)."""
         users: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # used, requests
         tokens: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # used, limited spent
         channels: dict[int, int] = defaultdict(int)
@@ -354,32 +372,29 @@ class LeaseBalanceStore:
                     tokens[charge.token_id][1] += charge.quota
             if charge.channel_id:
                 channels[charge.channel_id] += charge.quota
-        conn = await session.connection()
-        sql = _settlement_sql(conn.dialect.paramstyle)
         now = int(time.time())
+        holder = self.holder
+        steps: list[_Step] = []
         for user_id in sorted(users):
             used, requests = users[user_id]
-            await conn.exec_driver_sql(sql.user_totals, (used, requests, user_id))
-            await self._spend_lease(conn, sql, ACCOUNT_USER, user_id, used, now)
+            steps.append(("user_totals", (used, requests, user_id), None, ()))
+            if used:
+                lease = (used, now, holder, ACCOUNT_USER, user_id)
+                steps.append(("spend_lease", lease, "debit_user", (used, user_id)))
         for token_id in sorted(tokens):
             used, spent = tokens[token_id]
-            await conn.exec_driver_sql(sql.token_totals, (used, now, token_id))
+            steps.append(("token_totals", (used, now, token_id), None, ()))
             if spent:
-                await self._spend_lease(conn, sql, ACCOUNT_TOKEN, token_id, spent, now)
+                lease = (spent, now, holder, ACCOUNT_TOKEN, token_id)
+                steps.append(("spend_lease", lease, "debit_token", (spent, token_id)))
         for channel_id in sorted(channels):
-            await conn.exec_driver_sql(sql.channel_totals, (channels[channel_id], channel_id))
-        await conn.exec_driver_sql(sql.heartbeat, (now, self.holder))
+            steps.append(("channel_totals", (channels[channel_id], channel_id), None, ()))
+        steps.append(("heartbeat", (now, holder), None, ()))
+        return steps
 
-    async def _spend_lease(
-        self, conn: AsyncConnection, sql: _SettlementSql, kind: int, account_id: int, amount: int, now: int
-    ) -> None:
-        if not amount:
-            return
-        spent = await conn.exec_driver_sql(sql.spend_lease, (amount, now, self.holder, kind, account_id))
-        if spent.rowcount == 0:
-            # The lease was returned (or reclaimed) before this charge was flushed: debit directly.
-            debit = sql.debit_user if kind == ACCOUNT_USER else sql.debit_token
-            await conn.exec_driver_sql(debit, (amount, account_id))
+
+_Step = tuple[str, tuple[object, ...], str | None, tuple[object, ...]]
+"""(statement, parameters, statement to run instead when the first changed no row, its parameters)"""
 
 
 @dataclass(frozen=True)

@@ -279,9 +279,10 @@ def statement_sizes(rows: int, largest: int) -> list[int]:
     return sizes
 
 
-async def apply_batch_sqlite(conn: AsyncConnection, counts: BatchCounts) -> None:
-    """Add ``counts`` to the summaries with a few multi-row upserts per table (SQLite), in the
-    sizes of :func:`statement_sizes`."""
+def sqlite_batch_statements(counts: BatchCounts) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements that add ``counts`` to the summaries on SQLite: a few multi-row upserts per
+    table, in the sizes of :func:`statement_sizes`."""
+    statements: list[tuple[str, tuple[Any, ...]]] = []
     for table, key_names, rows in counts.tables():
         if not rows:
             continue
@@ -295,11 +296,18 @@ async def apply_batch_sqlite(conn: AsyncConnection, counts: BatchCounts) -> None
             start += size
             values = ",".join(["(" + ",".join("?" * width) + ")"] * size)
             params = tuple(value for key, amounts in part for value in (*key, *amounts))
-            await conn.exec_driver_sql(
+            sql = (
                 f"INSERT INTO {table} ({_columns('sqlite', names)}) VALUES {values} "
-                f"ON CONFLICT ({_columns('sqlite', key_names)}) DO UPDATE SET {sets}",
-                params,
+                f"ON CONFLICT ({_columns('sqlite', key_names)}) DO UPDATE SET {sets}"
             )
+            statements.append((sql, params))
+    return statements
+
+
+async def apply_batch_sqlite(conn: AsyncConnection, counts: BatchCounts) -> None:
+    """Add ``counts`` to the summaries (SQLite) through ``conn``."""
+    for sql, params in sqlite_batch_statements(counts):
+        await conn.exec_driver_sql(sql, params)
 
 
 def _largest_power_of_two(limit: int) -> int:

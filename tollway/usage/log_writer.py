@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -52,16 +53,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from tollway.db.engine import Database
 from tollway.db.models.log import LOG_CONSUME, Log
+from tollway.db.sqlite_thread import run_on_sqlite_thread
 from tollway.usage.log_counts import (
     DIMENSIONS,
     PAUSED,
     PG_PAUSE,
     BatchCounts,
     apply_batch_postgres,
-    apply_batch_sqlite,
+    sqlite_batch_statements,
     statement_sizes,
 )
-from tollway.usage.records import Charge, ChargeApplier, LogEntry
+from tollway.usage.records import Charge, ChargeApplier, LogEntry, SqliteChargeApplier
 from tollway.usage.rollup import QuotaRollup, describe_error
 
 log = logging.getLogger("tollway.usage.log_writer")
@@ -284,6 +286,9 @@ class LogWriter:
         db = self._db
         if not db.separate_logs:
             async with db.session() as session, session.begin():
+                if db.dialect == "sqlite" and isinstance(self._applier, SqliteChargeApplier):
+                    await self._write_sqlite(await session.connection(), logged, charges, self._applier)
+                    return logged
                 await self._insert_logs(session, logged)
                 if charges:
                     await self._applier.apply(session, charges)
@@ -327,10 +332,34 @@ class LogWriter:
     async def _insert_sqlite(
         self, conn: AsyncConnection, entries: Sequence[LogEntry], limits: tuple[tuple[int, int], ...]
     ) -> None:
+        for sql, params in self._sqlite_statements(conn.dialect, entries, limits):
+            await conn.exec_driver_sql(sql, params)
+
+    async def _write_sqlite(
+        self,
+        conn: AsyncConnection,
+        entries: Sequence[LogEntry],
+        charges: Sequence[Charge],
+        applier: SqliteChargeApplier,
+    ) -> None:
+        """The whole batch (rows, summaries, charges) in one round trip to the SQLite thread."""
+        statements = self._sqlite_statements(conn.dialect, entries, _limits("sqlite")) if entries else []
+
+        def write(raw: sqlite3.Connection) -> None:
+            for sql, params in statements:
+                raw.execute(sql, params)
+            if charges:
+                applier.apply_sqlite(raw, charges)
+
+        await run_on_sqlite_thread(conn, write)
+
+    def _sqlite_statements(
+        self, dialect: Dialect, entries: Sequence[LogEntry], limits: tuple[tuple[int, int], ...]
+    ) -> list[tuple[str, tuple[Any, ...]]]:
         """SQLite: multi-row INSERTs of the sizes :func:`statement_sizes` allows, with the
         summaries' insert trigger standing by while the batch adds its own share."""
         counts = BatchCounts()
-        await conn.exec_driver_sql(f"INSERT INTO {PAUSED} (id) VALUES (1)")
+        statements: list[tuple[str, tuple[Any, ...]]] = [(f"INSERT INTO {PAUSED} (id) VALUES (1)", ())]
         rows: list[tuple[Any, ...]] = []
         for entry in entries:
             values = _fitted(_values(entry), limits)
@@ -339,10 +368,11 @@ class LogWriter:
         start = 0
         for size in statement_sizes(len(rows), _ROWS_PER_STATEMENT):
             params = tuple(value for row in rows[start : start + size] for value in row)
-            await conn.exec_driver_sql(self._insert_sql(conn.dialect, size), params)
+            statements.append((self._insert_sql(dialect, size), params))
             start += size
-        await apply_batch_sqlite(conn, counts)
-        await conn.exec_driver_sql(f"DELETE FROM {PAUSED}")
+        statements += sqlite_batch_statements(counts)
+        statements.append((f"DELETE FROM {PAUSED}", ()))
+        return statements
 
     def _insert_sql(self, dialect: Dialect, rows: int) -> str:
         """``INSERT INTO logs (…) VALUES (…), (…)`` for ``rows`` rows in the driver's paramstyle."""

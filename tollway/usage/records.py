@@ -4,9 +4,10 @@ transaction as the log rows when they share a database)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -58,3 +59,11 @@ class ChargeApplier(Protocol):
     transaction (the balance store provides it)."""
 
     async def apply(self, session: AsyncSession, charges: Sequence[Charge]) -> None: ...
+
+
+@runtime_checkable
+class SqliteChargeApplier(Protocol):
+    """An applier that can also apply a batch synchronously on SQLite's own connection, in the
+    driver's thread: the writer then commits a whole batch in one round trip to that thread."""
+
+    def apply_sqlite(self, conn: sqlite3.Connection, charges: Sequence[Charge]) -> None: ...
