@@ -437,7 +437,7 @@ class RelayEngine:
             await body.aclose()
             finish("the client went away before the stream started")
 
-        return StreamReply(200, list(SSE_HEADERS), body, close)
+        return StreamReply(200, list(SSE_HEADERS), body, close, lambda: response.ended)
 
     def _finish_stream(
         self,

@@ -176,10 +176,17 @@ async def _send_stream(
     headers.append(id_header)
     try:
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        ended = reply.ended
         async for chunk in reply.chunks:
+            if ended():  # the rest is at hand: settle, then the last bytes and the end in one write
+                rest = [chunk, *[more async for more in reply.chunks]]
+                finished = True
+                await send({"type": "http.response.body", "body": b"".join(rest), "more_body": False})
+                break
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        finished = True
-        await send(_END)
+        else:
+            finished = True
+            await send(_END)
     except asyncio.CancelledError:
         if not client_gone:
             raise

@@ -238,6 +238,11 @@ class Response:
                 await self._wait()
         return b"".join(parts)
 
+    @property
+    def ended(self) -> bool:
+        """Every byte of the body was received and handed out: the next read returns at once."""
+        return self._done and not self._chunks
+
     def iter_chunks(self) -> Response:
         """``async for data in response.iter_chunks()``: the body as it arrives (all the bytes
         buffered at each step, joined)."""

@@ -24,12 +24,21 @@ class Reply:
     body: bytes
 
 
+def _never() -> bool:
+    return False
+
+
 @dataclass(slots=True)
 class StreamReply:
     """A streamed answer. ``close`` must be awaited when the response ends, whatever happened:
-    it settles the request even if the body was never iterated."""
+    it settles the request even if the body was never iterated.
+
+    ``ended()`` True means the rest of ``chunks`` is already at hand (the upstream's answer was
+    received whole): reading on settles the request without waiting, so that the last bytes and
+    the end of the response can go out in one write."""
 
     status: int
     headers: list[tuple[str, str]]
     chunks: AsyncIterator[bytes]
     close: Callable[[], Awaitable[None]]
+    ended: Callable[[], bool] = _never

@@ -99,7 +99,9 @@ def _usage_is_null(ev: bytes | bytearray) -> bool:
     """The event's only ``"usage`` is ``"usage": null``: what OpenAI puts in every chunk but the
     last when usage is asked for. Such a chunk is a content chunk like any other (its parsing can
     be deferred); an answer quoting the word shows as a second ``"usage`` and is parsed."""
-    return ev.count(b'"usage') == 1 and _USAGE_NULL.search(ev) is not None
+    if ev.count(b'"usage') != 1:
+        return False
+    return ev.find(b'"usage":null') >= 0 or _USAGE_NULL.search(ev) is not None
 
 
 def _is_usage_only(chunk: dict[str, Any]) -> bool:
