@@ -22,12 +22,8 @@ from aiohttp import web
 
 from tollway.providers.base import UpstreamRequest
 from tollway.relay import http1
-from tollway.relay.http1 import (
-    HIGH_WATER,
-    Http1Client,
-    ReadTimeout,
-    UpstreamConnectionError,
-)
+from tollway.relay.http1 import Http1Client, ReadTimeout, UpstreamConnectionError
+from tollway.relay.http1_body import HIGH_WATER, Response
 from tollway.relay.upstream import UpstreamClient, UpstreamTimeout
 
 Handler = Callable[["RawServer", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -146,9 +142,7 @@ async def client() -> AsyncIterator[Http1Client]:
     await http.close()
 
 
-async def get(
-    client: Http1Client, url: str, method: str = "GET", body: bytes | None = None
-) -> http1.Response:
+async def get(client: Http1Client, url: str, method: str = "GET", body: bytes | None = None) -> Response:
     return await client.request(method, url, {"Accept": "*/*"}, body)
 
 

@@ -37,7 +37,7 @@ from tollway.relay.auth import Caller, authenticate
 from tollway.relay.channel import ChannelSnapshot
 from tollway.relay.channel_cache import ChannelCache
 from tollway.relay.health import ChannelHealth, FailureKind, classify
-from tollway.relay.http1 import Response as UpstreamResponse
+from tollway.relay.http1_body import Response as UpstreamResponse
 from tollway.relay.incoming import Incoming, Reply, StreamReply
 from tollway.relay.outcome import Outcome, billing_for, completion_usage
 from tollway.relay.requests import PromptTokens, RouteSpec, parse_relay_request, requested_max_tokens

@@ -10,28 +10,28 @@ Timeouts: connecting (``connect_timeout``), the response headers (``headers_time
 :class:`HeadersTimeout`) and every wait for upstream bytes (``read_timeout``, :class:`ReadTimeout`),
 all checked by one timer per request. Failures to connect or broken answers raise
 :class:`UpstreamConnectionError`, an ``OSError``.
+
+This module holds the connection (request writing, response parsing, timers) and the pool; the
+response's body side (:class:`Response`, decoders, flow control) is :mod:`tollway.relay.http1_body`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import importlib
 import re
 import ssl
-import zlib
-from collections import deque
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, cast
 from urllib.parse import quote, urlsplit
 
 import httptools
 
+from tollway.relay.http1_body import HIGH_WATER, Response, decoder_for
+
 CONNECT_TIMEOUT: Final = 30.0
 IDLE_TTL: Final = 30.0  # seconds a pooled connection may stay unused
-HIGH_WATER: Final = 256 * 1024  # undelivered body bytes above which reading pauses
-LOW_WATER: Final = 64 * 1024  # ... and below which it resumes
 _EARLY: Final = 0.001  # timers may fire up to the clock's resolution early
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 _UNSAFE_TARGET = re.compile(r"[^\x21-\x7e]")  # spaces, controls, non-ASCII: percent-encode
@@ -55,57 +55,6 @@ class HeadersTimeout(TimeoutError):
 
 class ReadTimeout(TimeoutError):
     """The upstream sent nothing for ``read_timeout`` seconds while the response was awaited."""
-
-
-class _Decoder(Protocol):
-    def decompress(self, data: bytes) -> bytes: ...
-
-
-class _Zlib:
-    """gzip or zlib-wrapped deflate (detected from the header); raw deflate as a fallback."""
-
-    __slots__ = ("_obj", "_raw_fallback")
-
-    def __init__(self, encoding: str) -> None:
-        self._obj = zlib.decompressobj(zlib.MAX_WBITS | 32)
-        self._raw_fallback = encoding == "deflate"
-
-    def decompress(self, data: bytes) -> bytes:
-        try:
-            out = self._obj.decompress(data)
-        except zlib.error:
-            if not self._raw_fallback:
-                raise
-            self._obj = zlib.decompressobj(-zlib.MAX_WBITS)
-            out = self._obj.decompress(data)
-        self._raw_fallback = False
-        return out
-
-
-class _Brotli:
-    __slots__ = ("_obj",)
-
-    def __init__(self) -> None:
-        self._obj = _brotli.Decompressor()
-
-    def decompress(self, data: bytes) -> bytes:
-        process = getattr(self._obj, "process", None) or self._obj.decompress
-        return cast(bytes, process(data))
-
-
-try:
-    _brotli: Any = importlib.import_module("brotli")
-except ImportError:  # br bodies are then passed through as they are
-    _brotli = None
-
-
-def _decoder_for(encoding: str) -> _Decoder | None:
-    encoding = encoding.strip().lower()
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        return _Zlib(encoding)
-    if encoding == "br" and _brotli is not None:
-        return _Brotli()
-    return None  # identity, or an encoding we pass through as it is
 
 
 @lru_cache(maxsize=1024)
@@ -161,169 +110,6 @@ def _request_head(
     if auth is not None and "Authorization" not in headers and "authorization" not in headers:
         extra += f"Authorization: {auth}\r\n"
     return f"{method} {target} HTTP/1.1\r\n{extra}{fields}\r\n".encode()
-
-
-class Response:
-    """An upstream answer: ``status``, ``headers`` (as received, names lower-cased) and the body,
-    decoded from gzip/deflate (br when the ``brotli`` module is installed), read once."""
-
-    __slots__ = (
-        "_buffered",
-        "_chunks",
-        "_conn",
-        "_decoder",
-        "_done",
-        "_error",
-        "_released",
-        "_waiter",
-        "content_type",
-        "headers",
-        "status",
-    )
-
-    def __init__(
-        self,
-        conn: _Connection,
-        status: int,
-        headers: list[tuple[str, str]],
-        content_type: str,
-        decoder: _Decoder | None,
-    ) -> None:
-        self.status = status
-        self.headers = headers
-        self.content_type = content_type  # media type only, lower-case (like aiohttp's)
-        self._conn = conn
-        self._decoder = decoder
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._done = False  # the whole body arrived
-        self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._released = False
-
-    def __repr__(self) -> str:
-        return f"<Response {self.status} {self.content_type}>"
-
-    # ----- reading (the consumer side) ----------------------------------------------------------
-
-    async def read(self) -> bytes:
-        """The whole (remaining) body."""
-        if self._done and self._error is None and len(self._chunks) <= 1:
-            return self._take_all() if self._chunks else b""
-        parts: list[bytes] = []
-        while True:
-            if self._chunks:
-                parts.append(self._take_all())
-            elif self._error is not None:
-                raise self._error
-            elif self._done:
-                return b"".join(parts)
-            else:
-                await self._wait()
-
-    async def read_limited(self, limit: int) -> bytes:
-        """At most ``limit`` bytes of the body, then stop reading."""
-        parts: list[bytes] = []
-        left = limit
-        while left > 0:
-            if self._chunks:
-                data = self._take_one(left)
-                parts.append(data)
-                left -= len(data)
-            elif self._error is not None:
-                raise self._error
-            elif self._done:
-                break
-            else:
-                await self._wait()
-        return b"".join(parts)
-
-    @property
-    def ended(self) -> bool:
-        """Every byte of the body was received and handed out: the next read returns at once."""
-        return self._done and not self._chunks
-
-    def iter_chunks(self) -> Response:
-        """``async for data in response.iter_chunks()``: the body as it arrives (all the bytes
-        buffered at each step, joined)."""
-        return self
-
-    def __aiter__(self) -> Response:
-        return self
-
-    async def __anext__(self) -> bytes:
-        while not self._chunks:
-            if self._error is not None:
-                raise self._error
-            if self._done:
-                raise StopAsyncIteration
-            await self._wait()
-        return self._take_all()
-
-    def release(self) -> None:
-        """Done with the response: its connection goes back to the pool when the body was read to
-        the end and the connection is keep-alive, else it is closed."""
-        if self._released:
-            return
-        self._released = True
-        conn = self._conn
-        if self._done and self._error is None and conn.keep_alive and conn.response is self:
-            conn.response = None
-            conn.client.put_back(conn)
-        else:
-            conn.abort()
-
-    def close(self) -> None:
-        """Close the connection (unless the response was already released)."""
-        if not self._released:
-            self._released = True
-            self._conn.abort()
-
-    # ----- internals ------------------------------------------------------------------------------
-
-    async def _wait(self) -> None:
-        waiter = self._waiter = self._conn.loop.create_future()
-        try:
-            await waiter
-        except BaseException:  # cancelled mid-response: the connection cannot be reused
-            self._waiter = None
-            self.close()
-            raise
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _feed(self, data: bytes) -> None:
-        if self._decoder is not None:
-            data = self._decoder.decompress(data)
-            if not data:
-                return
-        self._chunks.append(data)
-        self._buffered += len(data)
-        self._wake()
-
-    def _take_all(self) -> bytes:
-        chunks = self._chunks
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._buffered = 0
-        if self._conn.paused:
-            self._conn.resume()
-        return data
-
-    def _take_one(self, limit: int) -> bytes:
-        data = self._chunks.popleft()
-        if len(data) > limit:
-            self._chunks.appendleft(data[limit:])
-            data = data[:limit]
-        self._buffered -= len(data)
-        if self._conn.paused and self._buffered <= LOW_WATER:
-            self._conn.resume()
-        return data
 
 
 class _Connection(asyncio.Protocol):
@@ -556,7 +342,7 @@ class _Connection(asyncio.Protocol):
             if name == "content-type":
                 content_type = value.partition(";")[0].strip().lower()
             elif name == "content-encoding":
-                decoder = _decoder_for(value)
+                decoder = decoder_for(value)
             elif name == "content-length" or name == "transfer-encoding":
                 framed = True
         no_body = self._head_only or status in _NO_BODY_STATUS

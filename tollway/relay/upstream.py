@@ -5,7 +5,8 @@ lifespan, closed at shutdown."""
 from __future__ import annotations
 
 from tollway.providers.base import UpstreamRequest
-from tollway.relay.http1 import CONNECT_TIMEOUT, HeadersTimeout, Http1Client, Response
+from tollway.relay.http1 import CONNECT_TIMEOUT, HeadersTimeout, Http1Client
+from tollway.relay.http1_body import Response
 
 # Headers of an upstream answer that must not be copied to the client as they are.
 HOP_BY_HOP = frozenset(
