@@ -194,41 +194,21 @@ async def test_flush_interval_writes_a_partial_batch(db: Database) -> None:
     await writer.stop()
 
 
+@pytest.mark.parametrize("on_thread", [False, True], ids=["session", "sqlite-thread"])
 async def test_failed_batch_leaves_nothing_and_is_retried(
-    db: Database, caplog: pytest.LogCaptureFixture
+    db: Database, caplog: pytest.LogCaptureFixture, on_thread: bool
 ) -> None:
-    applier = UserApplier(fail_first=1)
-    applier.gate = asyncio.Event()
-    writer = LogWriter(db, applier, rollup=None, flush_interval=0.01)
-    await writer.start()
-    for i in range(5):
-        writer.submit_nowait(entry(i), charge(100))
-    with caplog.at_level(logging.WARNING, logger="tollway.usage.log_writer"):
-        for _ in range(300):
-            if applier.calls >= 2:
-                break
-            await asyncio.sleep(0.01)
-        # the retry is held inside the applier: the failed attempt must have left no trace
-        assert writer.failures == 1
-        assert await scalar(db, "SELECT COUNT(*) FROM logs", logs=True) == 0
-        assert await used_quota(db) == (0, 0)
-        assert writer.queue_depth == 5
-        writer.submit_nowait(entry(5), charge(100))  # new entries queue behind the failed batch
-        applier.gate.set()
-        await writer.stop()
-    assert "retrying in 0.1 s: RuntimeError: applier failed on purpose" in caplog.text
-    assert await scalar(db, "SELECT COUNT(*) FROM logs", logs=True) == 6
-    assert await used_quota(db) == (600, 6)
-    await assert_summaries_exact(db)  # the failed attempt's summary went with its rows
-
-
-async def test_a_batch_failing_on_the_sqlite_thread_leaves_nothing_and_is_retried(
-    db: Database, caplog: pytest.LogCaptureFixture
-) -> None:
-    if db.dialect != "sqlite":
+    """Statement by statement through the session, or (SQLite) the whole batch in one round trip
+    on the connection's thread: a failed attempt rolls back entirely and the batch is retried."""
+    if on_thread and db.dialect != "sqlite":
         pytest.skip("the one-round-trip batch is SQLite's")
-    applier = ThreadUserApplier(fail_first=1)
-    applier.thread_gate = threading.Event()
+    gate: asyncio.Event | threading.Event
+    if on_thread:
+        applier = ThreadUserApplier(fail_first=1)
+        applier.thread_gate = gate = threading.Event()
+    else:
+        applier = UserApplier(fail_first=1)
+        applier.gate = gate = asyncio.Event()
     writer = LogWriter(db, applier, rollup=None, flush_interval=0.01)
     await writer.start()
     for i in range(5):
@@ -239,19 +219,21 @@ async def test_a_batch_failing_on_the_sqlite_thread_leaves_nothing_and_is_retrie
                 if applier.calls >= 2:
                     break
                 await asyncio.sleep(0.01)
-            # The retry waits on the thread with its rows inserted but not committed; the failed
-            # attempt, rolled back, left no trace.
+            # The retry is held inside the applier (its rows inserted but not committed): the
+            # failed attempt must have left no trace.
             assert writer.failures == 1
-            assert await scalar(db, "SELECT COUNT(*) FROM logs") == 0
+            assert await scalar(db, "SELECT COUNT(*) FROM logs", logs=True) == 0
             assert await used_quota(db) == (0, 0)
+            assert writer.queue_depth == 5
+            writer.submit_nowait(entry(5), charge(100))  # new entries queue behind the failed batch
     finally:
-        applier.thread_gate.set()
+        gate.set()
     await writer.stop()
     assert "retrying in 0.1 s: RuntimeError: applier failed on purpose" in caplog.text
-    assert await scalar(db, "SELECT COUNT(*) FROM logs") == 5
-    assert await used_quota(db) == (500, 5)
-    assert applier.charges == 5
-    await assert_summaries_exact(db)
+    assert await scalar(db, "SELECT COUNT(*) FROM logs", logs=True) == 6
+    assert await used_quota(db) == (600, 6)
+    assert applier.charges == 6
+    await assert_summaries_exact(db)  # the failed attempt's summary went with its rows
 
 
 async def test_disabled_consume_logs_are_skipped_but_charged(db: Database) -> None:
