@@ -4,8 +4,6 @@ one process and across the two workers of ``tollway serve``."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,13 +12,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Live, free_port
+from tests.e2e.conftest import Live
 from tests.e2e.test_relay_basic import CHAT
-from tests.e2e.test_restart import start_server, stop, wait_ready
+from tests.e2e.test_restart import seed, serving, stop
 from tests.fakes.upstream import FakeUpstream
 from tests.seed import create_channel, create_token, create_user
 from tollway.db.engine import Database
-from tollway.db.migrate import migrate
 from tollway.db.models.log import LOG_CONSUME, LOG_ERROR
 from tollway.settings import Settings
 
@@ -179,18 +176,11 @@ async def test_two_workers_answer_one_sum(make_settings: Callable[..., Settings]
     """Any worker answering the scrape reports the requests of both."""
     settings = make_settings()
     db = Database(settings)
-    await migrate(db)
     n = 40
     async with FakeUpstream() as upstream:
-        user_id = await create_user(db, quota=50_000_000)
-        _, key = await create_token(db, user_id, crypto_secret=settings.crypto_secret)
-        await create_channel(db, upstream.base_url)
+        _, key = await seed(db, settings, upstream)
         await db.dispose()
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        process = start_server(settings, tmp_path, port)
-        try:
-            await wait_ready(base, process)
+        async with serving(settings, tmp_path) as (base, process):
             limits = httpx.Limits(max_keepalive_connections=0)  # new connections: both workers serve
             async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
                 results = await asyncio.gather(
@@ -204,6 +194,3 @@ async def test_two_workers_answer_one_sum(make_settings: Callable[..., Settings]
             assert any(Path(tmp_path / "data").glob("metrics-*/counter_*.db"))
             await stop(process)
             assert not any(Path(tmp_path / "data").glob("metrics-*"))  # removed at exit
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
