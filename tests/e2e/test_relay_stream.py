@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 
 import httpx
 import orjson
@@ -13,6 +15,7 @@ from tests.e2e.test_relay_basic import CHAT, balances
 from tests.fakes.upstream import FakeUpstream
 from tests.seed import create_channel, create_token, create_user
 from tollway.db.models.log import LOG_CONSUME, LOG_ERROR
+from tollway.relay import front
 
 pytestmark = pytest.mark.db
 STREAM = {**CHAT, "stream": True}
@@ -161,3 +164,49 @@ async def test_client_leaving_before_the_first_byte_is_free_and_logged_once(
     assert logs[0].type in (LOG_ERROR, LOG_CONSUME)
     after = await balances(live, user_id, token_id)
     assert before[0] - after[0] == logs[0].quota
+
+
+async def test_the_first_chunk_is_never_held_back(live: Live, upstream: FakeUpstream) -> None:
+    """When the first chunk comes with the headers, both leave in one segment (the client's socket
+    is corked for them), and the cork is released at once: the first event reaches the client long
+    before the next one is due (a forgotten cork would hold it some 200 ms)."""
+    _user_id, _token_id, key = await prepare(live, upstream)
+    upstream.configure(chunk_delay=0.5, chunks=["one ", "two ", "three"])
+    started = time.monotonic()
+    first = None
+    async with live.client.stream(
+        "POST", "/v1/chat/completions", json=STREAM, headers={"Authorization": f"Bearer {key}"}
+    ) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                first = time.monotonic() - started
+                break
+    assert first is not None and first < 0.15
+
+
+def test_cork_and_uncork_the_socket_behind_uvicorns_send() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()) as client:
+
+            class Transport:
+                def get_extra_info(self, name: str) -> socket.socket:
+                    assert name == "socket"
+                    return client
+
+            class Cycle:
+                transport = Transport()
+
+                async def send(self, message: object) -> None: ...
+
+            corked = front._cork(Cycle().send)
+            assert corked is client
+            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 1
+            front._uncork(corked)
+            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
+
+    async def not_uvicorn(message: object) -> None: ...
+
+    assert front._cork(not_uvicorn) is None  # another server's send: nothing to cork

@@ -437,7 +437,9 @@ class RelayEngine:
             await body.aclose()
             finish("the client went away before the stream started")
 
-        return StreamReply(200, list(SSE_HEADERS), body, close, lambda: response.ended)
+        return StreamReply(
+            200, list(SSE_HEADERS), body, close, lambda: response.ended, lambda: response.at_hand
+        )
 
     def _finish_stream(
         self,

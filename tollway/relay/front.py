@@ -13,7 +13,10 @@ the stream is cut and charged for what was delivered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+from typing import Any
 
 import orjson
 from starlette.types import Message, Receive, Scope, Send
@@ -174,6 +177,7 @@ async def _send_stream(
     watcher = asyncio.get_running_loop().create_task(watch_disconnect())
     headers = _encode(reply.headers)
     headers.append(id_header)
+    corked = _cork(send) if reply.at_hand() else None
     try:
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         ended = reply.ended
@@ -184,6 +188,9 @@ async def _send_stream(
                 await send({"type": "http.response.body", "body": b"".join(rest), "more_body": False})
                 break
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if corked is not None:
+                _uncork(corked)
+                corked = None
         else:
             finished = True
             await send(_END)
@@ -195,5 +202,28 @@ async def _send_stream(
         pass  # the connection broke while writing: the client is gone
     finally:
         finished = True
+        if corked is not None:
+            _uncork(corked)
         watcher.cancel()
         await reply.close()
+
+
+def _cork(send: Send) -> Any:
+    """When the first chunk is already here, cork the client's socket (TCP_CORK) so that uvicorn's
+    write of the headers and the write of that chunk leave as one segment: the client wakes once,
+    as it does for an upstream that sends both together. The socket, or None where that is not
+    possible (another server, another platform)."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or not hasattr(socket, "TCP_CORK"):
+        return None
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    except OSError:
+        return None
+    return sock
+
+
+def _uncork(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)

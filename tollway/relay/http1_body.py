@@ -149,6 +149,11 @@ class Response:
         return b"".join(parts)
 
     @property
+    def at_hand(self) -> bool:
+        """The next read returns at once (bytes are buffered, or the body is over)."""
+        return bool(self._chunks) or self._done
+
+    @property
     def ended(self) -> bool:
         """Every byte of the body was received and handed out: the next read returns at once."""
         return self._done and not self._chunks

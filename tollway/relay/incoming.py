@@ -42,3 +42,4 @@ class StreamReply:
     chunks: AsyncIterator[bytes]
     close: Callable[[], Awaitable[None]]
     ended: Callable[[], bool] = _never
+    at_hand: Callable[[], bool] = _never  # the first chunk can be read without waiting
