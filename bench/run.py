@@ -60,10 +60,10 @@ TARGET_LONG_GROWTH_MB = 16  # "memory flat during a 100k-chunk stream"
 
 # --check: a gross regression, read as ratios against the mock measured in the same run (chat, c=64).
 #   target ratio = min(TARGET_CHAT_RPS / direct rps, RATIO_CAP); fail when Tollway rps / direct rps
-#   is below half of it. Uncapped, the floor would be 0.02-0.05 here (30k-80k direct rps), above
-#   what today's Tollway reaches on a busy machine (0.014-0.03); capped, it is 0.009: 1.5-2x below the
-#   healthy runs under load, above a 5x slowdown. Raise the cap as Tollway gets faster (README).
-#   CPU ratio: Tollway CPU us per request / the mock's, the steadiest figure (60-105 today).
+#   is below half of it. With RATIO_CAP at 0.03 the minimum is 0.015, against 0.06-0.08 measured on
+#   a quiet machine: it fails at a 4-5x slowdown, not on a busy machine's swings. Raise the cap as
+#   Tollway gets faster (README).
+#   CPU ratio: Tollway CPU us per request / the mock's, the steadiest figure (20-45 today).
 CHECK_CONC = 64
 RATIO_CAP = 0.03
 MAX_CPU_RATIO = 100.0
@@ -629,11 +629,11 @@ def check(
         row = find(compare, scenario="chat", conc=conc)
         if direct and tollway and row and direct["rps"] > 0:
             target_ratio = min(TARGET_CHAT_RPS / direct["rps"], RATIO_CAP)
-            floor = 0.5 * target_ratio
+            minimum = 0.5 * target_ratio
             result.update(conc=conc, ratio=round(row["rps_ratio"], 4), target_ratio=round(target_ratio, 4))
-            result["floor"] = round(floor, 4)
-            if row["rps_ratio"] < floor:
-                failures.append(f"chat c={conc}: rps ratio {row['rps_ratio']:.4f} < floor {floor:.4f}")
+            result["minimum"] = round(minimum, 4)
+            if row["rps_ratio"] < minimum:
+                failures.append(f"chat c={conc}: rps ratio {row['rps_ratio']:.4f} < minimum {minimum:.4f}")
             if direct.get("cpu_us", 0) > 0 and "cpu_us" in tollway:
                 cpu_ratio = tollway["cpu_us"] / direct["cpu_us"]
                 result["cpu_ratio"] = round(cpu_ratio, 1)
@@ -746,7 +746,7 @@ def render(report: dict[str, Any]) -> str:
         verdict = "passed" if chk["passed"] else "FAILED: " + "; ".join(chk["failures"])
         detail = ""
         if "ratio" in chk:
-            detail = f" (c={chk['conc']}: rps ratio {chk['ratio']}, floor {chk['floor']}"
+            detail = f" (c={chk['conc']}: rps ratio {chk['ratio']}, minimum {chk['minimum']}"
             detail += f"; CPU ratio {chk.get('cpu_ratio', '-')}, limit {MAX_CPU_RATIO:g})"
         parts.append(f"check {verdict}{detail}")
     return "\n\n".join(parts)
