@@ -7,7 +7,9 @@ and response objects, and its streaming response starts a task group per stream.
 the same jobs once, inline, with identical behaviour: a request id (header, log context), the
 active-request count and metrics, the body limit (413 before the body is read whole), the options
 sync point, OpenAI-style errors, and for streams a watcher that notices a client going away, so
-the stream is cut and charged for what was delivered.
+the stream is cut and charged for what was delivered. Streams go out in as few segments as the
+upstream allows: the headers together with a first chunk already at hand (a corked socket), the
+last bytes together with the end of the response.
 """
 
 from __future__ import annotations

@@ -304,12 +304,6 @@ def sqlite_batch_statements(counts: BatchCounts) -> list[tuple[str, tuple[Any, .
     return statements
 
 
-async def apply_batch_sqlite(conn: AsyncConnection, counts: BatchCounts) -> None:
-    """Add ``counts`` to the summaries (SQLite) through ``conn``."""
-    for sql, params in sqlite_batch_statements(counts):
-        await conn.exec_driver_sql(sql, params)
-
-
 def _largest_power_of_two(limit: int) -> int:
     return 1 << (limit.bit_length() - 1)
 

@@ -12,6 +12,10 @@ the same session, so a balance change is durable exactly when the log rows expla
 INSERT is generated in the driver's paramstyle: compiling it through SQLAlchemy costs ~0.3 ms per
 row, ten times the write.
 
+On SQLite, with an applier that offers ``apply_sqlite`` (the balance store does), the whole batch
+runs on the connection's own thread in one round trip (:mod:`tollway.db.sqlite_thread`): through
+SQLAlchemy's adapter each statement is several round trips between the event loop and that thread.
+
 With a separate log database (``LOG_SQL_DSN``) that cannot hold: the logs are committed first in a
 log-database transaction, then the charges in a main-database transaction. The pair is NOT atomic:
 a crash between the two commits leaves logs whose charges were never applied. (A retry after a
