@@ -210,3 +210,19 @@ def test_cork_and_uncork_the_socket_behind_uvicorns_send() -> None:
     async def not_uvicorn(message: object) -> None: ...
 
     assert front._cork(not_uvicorn) is None  # another server's send: nothing to cork
+
+    class Closed:  # what uvloop hands out once the client has closed the connection
+        def setsockopt(self, *args: object) -> None:
+            raise ValueError("negative file descriptor")
+
+    class GoneTransport:
+        def get_extra_info(self, name: str) -> Closed:
+            return Closed()
+
+    class GoneCycle:
+        transport = GoneTransport()
+
+        async def send(self, message: object) -> None: ...
+
+    assert front._cork(GoneCycle().send) is None  # never an error: the stream goes on (and is settled)
+    front._uncork(Closed())

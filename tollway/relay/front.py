@@ -179,8 +179,10 @@ async def _send_stream(
     watcher = asyncio.get_running_loop().create_task(watch_disconnect())
     headers = _encode(reply.headers)
     headers.append(id_header)
-    corked = _cork(send) if reply.at_hand() else None
+    corked = None
     try:
+        if reply.at_hand():
+            corked = _cork(send)
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         ended = reply.ended
         async for chunk in reply.chunks:
@@ -214,18 +216,21 @@ def _cork(send: Send) -> Any:
     """When the first chunk is already here, cork the client's socket (TCP_CORK) so that uvicorn's
     write of the headers and the write of that chunk leave as one segment: the client wakes once,
     as it does for an upstream that sends both together. The socket, or None where that is not
-    possible (another server, another platform)."""
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None or not hasattr(socket, "TCP_CORK"):
+    possible (another server, another platform, a connection the client already closed: uvloop
+    then raises ValueError for its closed descriptor). Never raises: it is only an optimisation."""
+    if not hasattr(socket, "TCP_CORK"):
         return None
     try:
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-    except OSError:
+    except Exception:  # whatever the socket says, the stream goes on uncorked
         return None
     return sock
 
 
 def _uncork(sock: Any) -> None:
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(Exception):  # the connection may have closed meanwhile
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
