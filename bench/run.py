@@ -611,10 +611,16 @@ def target_report(
 
 
 def check(
-    points: list[dict[str, Any]], compare: list[dict[str, Any]], long: list[dict[str, Any]]
+    points: list[dict[str, Any]],
+    compare: list[dict[str, Any]],
+    long: list[dict[str, Any]],
+    error_lines: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The --check rule: throughput and CPU ratios, errors, non-2xx, a long stream that stays flat."""
+    """The --check rule: throughput and CPU ratios, errors, non-2xx, a long stream that stays flat,
+    and no ERR line in Tollway's log (a clean run writes none)."""
     failures: list[str] = []
+    if error_lines:
+        failures.append(f"{len(error_lines)} ERR lines in tollway's log, the first: {error_lines[0]}")
     result: dict[str, Any] = {
         "rule": (
             f"chat c=64: tollway/direct rps >= 0.5 * min({TARGET_CHAT_RPS} / direct rps, {RATIO_CAP}) and "
@@ -739,7 +745,8 @@ def render(report: dict[str, Any]) -> str:
     parts.append(
         f"tollway: {meta['workers']} worker(s) on {meta['cores']} core(s); peak RSS per process "
         f"{meta['peak_process_rss_mb']:.0f} MB; wall time {meta['wall_seconds']:.1f} s "
-        f"(start-up {meta['startup_seconds']:.1f} s); 1-min load average at start {meta['loadavg_1m_at_start']:.1f}"
+        f"(start-up {meta['startup_seconds']:.1f} s); 1-min load average at start {meta['loadavg_1m_at_start']:.1f}; "
+        f"ERR lines in its log: {meta['tollway_error_lines']}"
     )
     chk = report["check"]
     if report["meta"]["args"]["check"]:
@@ -856,6 +863,14 @@ def start_stack(services: Services, plan: Plan) -> Bench:
     return Bench(plan, key, direct, tollway, floor, startup_seconds=round(time.monotonic() - started, 1))
 
 
+def bench_error_lines(workdir: Path) -> list[str]:
+    """The ERR lines Tollway logged during the run (log lines start with their level)."""
+    with contextlib.suppress(OSError):
+        text = (workdir / "tollway.log").read_text(errors="replace")
+        return [line for line in text.splitlines() if line.startswith("[ERR]")]
+    return []
+
+
 def stop_on_sigterm() -> None:
     """SIGTERM (a CI timeout, say) unwinds like Ctrl-C, so the finally blocks stop the services."""
 
@@ -890,6 +905,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         finally:
             services.stop_all()
+            error_lines = bench_error_lines(services.workdir)
     compare = comparisons(bench.points)
     report: dict[str, Any] = {
         "meta": {
@@ -901,6 +917,7 @@ def main(argv: list[str] | None = None) -> int:
             "wall_seconds": round(time.monotonic() - started, 1),
             "startup_seconds": bench.startup_seconds,
             "peak_process_rss_mb": worker_kb / 1024,
+            "tollway_error_lines": len(error_lines),
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "mocks": {"chunks": CHUNKS, "slow_ttft_ms": SLOW_TTFT_MS, "slow_chunk_ms": SLOW_CHUNK_MS},
         },
@@ -908,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
         "compare": compare,
         "longstream": bench.long,
         "targets": target_report(bench.points, compare, bench.long, worker_kb / 1024),
-        "check": check(bench.points, compare, bench.long),
+        "check": check(bench.points, compare, bench.long, error_lines),
     }
     print(render(report), flush=True)
     if args.json:
