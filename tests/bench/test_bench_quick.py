@@ -108,6 +108,9 @@ def test_check_rule_catches_a_five_fold_slowdown(
 def test_check_rule_fails_on_errors_non_2xx_and_a_growing_long_stream() -> None:
     healthy = [point("chat", 64, "direct", 30_000, 10), point("chat", 64, "tollway", 1_100, 350)]
     assert check(healthy, comparisons(healthy), [])["passed"]
+    logged_error = ["[ERR] 2026/11/30 - 12:39:10 | SYSTEM | Exception in ASGI application"]
+    failed = check(healthy, comparisons(healthy), [], logged_error)
+    assert not failed["passed"] and "1 ERR lines" in failed["failures"][0]
     errors = [healthy[0], point("chat", 64, "tollway", 900, 850, errors=20)]
     assert not check(errors, comparisons(errors), [])["passed"]
     non_2xx = [healthy[0], point("chat", 64, "tollway", 900, 850, errors=1, non2xx=1)]
