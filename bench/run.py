@@ -347,12 +347,9 @@ def run_wrk(url: str, key: str, model: str, stream: bool, conc: int, duration: f
     }
 
 
-def run_sse(
-    url: str, key: str, model: str, conc: int, duration: float, *extra: str, query: str = ""
-) -> dict[str, Any]:
+def run_sse(url: str, key: str, model: str, conc: int, duration: float, *extra: str) -> dict[str, Any]:
     """sse_load.py: closed-loop streams (TTFT and total) or, with ``--long``, one long stream."""
-    target = url + "/v1/chat/completions" + (f"?{query}" if query else "")
-    cmd = [sys.executable, str(BENCH / "sse_load.py"), target, "-m", model]
+    cmd = [sys.executable, str(BENCH / "sse_load.py"), url + "/v1/chat/completions", "-m", model]
     cmd += ["-c", str(conc), "-d", str(duration), "--timeout", "120", *extra]
     if key:
         cmd += ["-k", key]
