@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import httpx
@@ -167,9 +166,9 @@ async def test_client_leaving_before_the_first_byte_is_free_and_logged_once(
 
 
 async def test_the_first_chunk_is_never_held_back(live: Live, upstream: FakeUpstream) -> None:
-    """When the first chunk comes with the headers, both leave in one segment (the client's socket
-    is corked for them), and the cork is released at once: the first event reaches the client long
-    before the next one is due (a forgotten cork would hold it some 200 ms)."""
+    """When the first chunk comes with the headers, both leave in one write, and a first chunk
+    that comes later is sent as soon as it comes: the first event reaches the client long before
+    the next one is due."""
     _user_id, _token_id, key = await prepare(live, upstream)
     upstream.configure(chunk_delay=0.5, chunks=["one ", "two ", "three"])
     started = time.monotonic()
@@ -185,44 +184,41 @@ async def test_the_first_chunk_is_never_held_back(live: Live, upstream: FakeUpst
     assert first is not None and first < 0.15
 
 
-def test_cork_and_uncork_the_socket_behind_uvicorns_send() -> None:
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        with socket.create_connection(server.getsockname()) as client:
+async def test_under_uvicorn_answers_are_written_directly_and_the_connection_is_reused(
+    live: Live, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast writer applies to uvicorn's cycle (an uvicorn release that changed it would fail
+    here), and a connection goes on serving after answers written that way."""
+    _user_id, _token_id, key = await prepare(live, upstream)
+    taken: list[bool] = []
+    original = front.DirectWriter.of
 
-            class Transport:
-                def get_extra_info(self, name: str) -> socket.socket:
-                    assert name == "socket"
-                    return client
+    def spy(send: object) -> front.DirectWriter | None:
+        writer = original(send)
+        taken.append(writer is not None)
+        return writer
 
-            class Cycle:
-                transport = Transport()
-
-                async def send(self, message: object) -> None: ...
-
-            corked = front._cork(Cycle().send)
-            assert corked is client
-            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 1
-            front._uncork(corked)
-            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
-
-    async def not_uvicorn(message: object) -> None: ...
-
-    assert front._cork(not_uvicorn) is None  # another server's send: nothing to cork
-
-    class Closed:  # what uvloop hands out once the client has closed the connection
-        def setsockopt(self, *args: object) -> None:
-            raise ValueError("negative file descriptor")
-
-    class GoneTransport:
-        def get_extra_info(self, name: str) -> Closed:
-            return Closed()
-
-    class GoneCycle:
-        transport = GoneTransport()
-
-        async def send(self, message: object) -> None: ...
-
-    assert front._cork(GoneCycle().send) is None  # never an error: the stream goes on (and is settled)
-    front._uncork(Closed())
+    monkeypatch.setattr(front.DirectWriter, "of", staticmethod(spy))
+    host, port = live.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for body in (STREAM, CHAT, STREAM, CHAT):  # one keep-alive connection for all four
+            payload = orjson.dumps(body)
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+                + payload
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ") and b"x-oneapi-request-id: " in head
+            if body is STREAM:
+                assert b"transfer-encoding: chunked" in head
+                answer = await reader.readuntil(b"\r\n0\r\n\r\n")
+                assert b"data: [DONE]" in answer
+            else:
+                length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+                answer = await reader.readexactly(length)
+                assert orjson.loads(answer)["choices"][0]["message"]["content"]
+    finally:
+        writer.close()
+    assert taken == [True, True, True, True]

@@ -7,21 +7,18 @@ and response objects, and its streaming response starts a task group per stream.
 the same jobs once, inline, with identical behaviour: a request id (header, log context), the
 active-request count and metrics, the body limit (413 before the body is read whole), the options
 sync point, OpenAI-style errors, and for streams a watcher that notices a client going away, so
-the stream is cut and charged for what was delivered. Streams go out in as few segments as the
-upstream allows: the headers together with a first chunk already at hand (a corked socket), the
-last bytes together with the end of the response.
+the stream is cut and charged for what was delivered. Answers go out in as few writes as the
+upstream allows (:mod:`tollway.relay.direct_writer`): a whole answer with its headers, a stream's
+headers with a first chunk already at hand, its last bytes with the end of the response.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
-from typing import Any
 
 import orjson
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from tollway.errors import InternalError, PayloadTooLarge, TollwayError
 from tollway.ops.health import ActiveRequests
@@ -29,6 +26,7 @@ from tollway.ops.logging import request_id_var
 from tollway.ops.metrics import Metrics
 from tollway.ops.request_id import new_request_id
 from tollway.options import Options
+from tollway.relay.direct_writer import DirectWriter
 from tollway.relay.engine import RelayEngine
 from tollway.relay.incoming import Incoming, Reply, StreamReply
 from tollway.relay.requests import RouteSpec
@@ -37,7 +35,6 @@ log = logging.getLogger("tollway.relay.front")
 
 _REQUEST_ID = b"x-oneapi-request-id"
 _JSON = (b"content-type", b"application/json")
-_END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
 class RelayFront:
@@ -106,8 +103,12 @@ class RelayFront:
             return await _send_error(send, InternalError("internal error"), request_id, id_header)
         if isinstance(result, Reply):
             headers = _encode(result.headers)
-            headers.append((b"content-length", str(len(result.body)).encode()))
             headers.append(id_header)
+            direct = DirectWriter.of(send)
+            if direct is not None:
+                direct.whole(result.status, headers, result.body)
+                return result.status
+            headers.append((b"content-length", str(len(result.body)).encode()))
             await send({"type": "http.response.start", "status": result.status, "headers": headers})
             await send({"type": "http.response.body", "body": result.body})
             return result.status
@@ -179,25 +180,20 @@ async def _send_stream(
     watcher = asyncio.get_running_loop().create_task(watch_disconnect())
     headers = _encode(reply.headers)
     headers.append(id_header)
-    corked = None
+    out = DirectWriter.of(send) or _AsgiStream(send)
     try:
-        if reply.at_hand():
-            corked = _cork(send)
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await out.start_stream(reply.status, headers, hold=reply.at_hand())
         ended = reply.ended
         async for chunk in reply.chunks:
             if ended():  # the rest is at hand: settle, then the last bytes and the end in one write
                 rest = [chunk, *[more async for more in reply.chunks]]
                 finished = True
-                await send({"type": "http.response.body", "body": b"".join(rest), "more_body": False})
+                await out.end_stream(b"".join(rest))
                 break
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if corked is not None:
-                _uncork(corked)
-                corked = None
+            await out.chunk(chunk)
         else:
             finished = True
-            await send(_END)
+            await out.end_stream()
     except asyncio.CancelledError:
         if not client_gone:
             raise
@@ -206,31 +202,23 @@ async def _send_stream(
         pass  # the connection broke while writing: the client is gone
     finally:
         finished = True
-        if corked is not None:
-            _uncork(corked)
         watcher.cancel()
         await reply.close()
 
 
-def _cork(send: Send) -> Any:
-    """When the first chunk is already here, cork the client's socket (TCP_CORK) so that uvicorn's
-    write of the headers and the write of that chunk leave as one segment: the client wakes once,
-    as it does for an upstream that sends both together. The socket, or None where that is not
-    possible (another server, another platform, a connection the client already closed: uvloop
-    then raises ValueError for its closed descriptor). Never raises: it is only an optimisation."""
-    if not hasattr(socket, "TCP_CORK"):
-        return None
-    try:
-        transport = getattr(getattr(send, "__self__", None), "transport", None)
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None:
-            return None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-    except Exception:  # whatever the socket says, the stream goes on uncorked
-        return None
-    return sock
+class _AsgiStream:
+    """The stream as plain ASGI messages, where :class:`DirectWriter` does not apply."""
 
+    __slots__ = ("_send",)
 
-def _uncork(sock: Any) -> None:
-    with contextlib.suppress(Exception):  # the connection may have closed meanwhile
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+    def __init__(self, send: Send) -> None:
+        self._send = send
+
+    async def start_stream(self, status: int, headers: list[tuple[bytes, bytes]], *, hold: bool) -> None:
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def chunk(self, data: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end_stream(self, last: bytes = b"") -> None:
+        await self._send({"type": "http.response.body", "body": last, "more_body": False})
