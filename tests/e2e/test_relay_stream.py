@@ -165,6 +165,28 @@ async def test_client_leaving_before_the_first_byte_is_free_and_logged_once(
     assert before[0] - after[0] == logs[0].quota
 
 
+async def test_a_client_gone_before_the_upstream_answered_is_not_charged(
+    live: Live, upstream: FakeUpstream
+) -> None:
+    """The client leaves while the upstream has not even sent its headers: when they come, the
+    stream is cut at once, the reservation refunded, and the request logged once as an error."""
+    user_id, token_id, key = await prepare(live, upstream)
+    before = await balances(live, user_id, token_id)
+    upstream.configure(head_delay=0.4)
+    with pytest.raises(httpx.TimeoutException):
+        await live.client.post(
+            "/v1/chat/completions", json=STREAM, headers={"Authorization": f"Bearer {key}"}, timeout=0.15
+        )
+    for _ in range(60):
+        logs = await live.logs()
+        if logs:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    assert [log.type for log in await live.logs()] == [LOG_ERROR]
+    assert await balances(live, user_id, token_id) == before
+
+
 async def test_the_first_chunk_is_never_held_back(live: Live, upstream: FakeUpstream) -> None:
     """When the first chunk comes with the headers, both leave in one write, and a first chunk
     that comes later is sent as soon as it comes: the first event reaches the client long before

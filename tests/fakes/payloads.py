@@ -75,6 +75,7 @@ class UpstreamConfig:
     completion_tokens: int = 5
     cached_tokens: int | None = None  # adds usage.prompt_tokens_details.cached_tokens
     ttft: float = 0.0
+    head_delay: float = 0.0  # seconds before a stream's status line and headers
     chunk_delay: float = 0.0
     slow_chunk_delay: float = 2.0
     long_stream_chunks: int | None = None

@@ -368,6 +368,8 @@ class FakeUpstream:
         delay = cfg.slow_chunk_delay if mode == "slow_stream" else cfg.chunk_delay
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         resp.enable_chunked_encoding()
+        if cfg.head_delay:
+            await self._pause(cfg.head_delay)
         await resp.prepare(call.request)
         try:
             await self._pause(cfg.ttft)

@@ -128,6 +128,23 @@ async def test_nothing_is_written_to_a_client_that_went_away() -> None:
     assert transport.writes == [] and completed == []
 
 
+async def test_the_client_going_away_is_reported_once() -> None:
+    ours, _, _ = cycle()
+    writer = DirectWriter.of(ours.send)
+    assert writer is not None
+    calls: list[str] = []
+    assert not writer.gone
+    writer.on_disconnect(lambda: calls.append("gone"))
+    ours.message_event.set()  # more body, or the answer completing: not a disconnect
+    assert calls == []
+    ours.disconnected = True  # what uvicorn's connection_lost does
+    ours.message_event.set()
+    ours.message_event.set()
+    assert calls == ["gone"]
+
+    assert writer.gone
+
+
 async def test_only_a_fresh_uvicorn_cycle_is_written_directly() -> None:
     async def other_server_send(message: object) -> None: ...
 

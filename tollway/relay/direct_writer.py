@@ -7,7 +7,8 @@ sent both together. For the relay's hot routes that is a measurable share of the
 (the benchmark's time to first token), so :class:`DirectWriter` does the writing itself on the
 request's uvicorn cycle: headers with the body (or the first chunk) in one write, chunk framing,
 the end of a stream with its last bytes, and the cycle's bookkeeping that uvicorn's own ``send``
-does (started, complete, keep-alive, flow control, a client that went away).
+does (started, complete, keep-alive, flow control, a client that went away). It also tells the
+caller at once when the client goes away, without a task waiting on ``receive`` for it.
 
 It relies on uvicorn's httptools cycle (``RequestResponseCycle``), which is not a public API, so
 :meth:`DirectWriter.of` checks the cycle it is given and declines anything else; the caller then
@@ -17,6 +18,8 @@ so an uvicorn release that changes the cycle fails the build rather than silentl
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http import httptools_impl
@@ -48,6 +51,19 @@ class DirectWriter:
         if not all(hasattr(cycle, name) for name in _CYCLE_FIELDS):
             return None
         return cls(cycle)
+
+    def on_disconnect(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (once) if the client goes away before the answer is complete.
+
+        uvicorn marks the cycle disconnected and sets its message event when the connection is
+        lost; the event is replaced by one that also makes this call. A client that is already
+        gone is not reported: see :attr:`gone`."""
+        self._cycle.message_event = _DisconnectSignal(self._cycle, callback)
+
+    @property
+    def gone(self) -> bool:
+        """The client went away (before the answer was complete)."""
+        return bool(self._cycle.disconnected)
 
     def _status_and_headers(self, status: int, headers: list[tuple[bytes, bytes]], framing: bytes) -> bytes:
         cycle = self._cycle
@@ -115,3 +131,18 @@ class DirectWriter:
         if not cycle.keep_alive:
             cycle.transport.close()
         cycle.on_response()
+
+
+class _DisconnectSignal(asyncio.Event):
+    """The cycle's message event, which also calls back when it is set for a lost connection."""
+
+    def __init__(self, cycle: Any, callback: Callable[[], None]) -> None:
+        super().__init__()
+        self._cycle = cycle
+        self._callback: Callable[[], None] | None = callback
+
+    def set(self) -> None:
+        super().set()
+        if self._callback is not None and self._cycle.disconnected:
+            callback, self._callback = self._callback, None
+            callback()

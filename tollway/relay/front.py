@@ -162,26 +162,39 @@ async def _send_stream(
 ) -> None:
     """Pass the stream through chunk by chunk; always close the reply (it settles the request).
 
-    uvicorn drops writes to a client that went away without telling the app, so a watcher waits
-    for ``http.disconnect`` and cancels the copy loop: the engine then settles for what was sent.
+    uvicorn drops writes to a client that went away without telling the app, so the copy loop is
+    cancelled as soon as the client is known to be gone (told by :class:`DirectWriter`, or by a
+    watcher task waiting for ``http.disconnect``): the engine then settles for what was sent.
     """
     task = asyncio.current_task()
     assert task is not None
     finished = client_gone = False
 
-    async def watch_disconnect() -> None:
+    def client_left() -> None:
         nonlocal client_gone
-        while (await receive())["type"] != "http.disconnect":
-            pass
         if not finished:
             client_gone = True
             task.cancel()
 
-    watcher = asyncio.get_running_loop().create_task(watch_disconnect())
+    async def watch_disconnect() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        client_left()
+
     headers = _encode(reply.headers)
     headers.append(id_header)
-    out = DirectWriter.of(send) or _AsgiStream(send)
+    watcher = None
+    direct = DirectWriter.of(send)
+    out: DirectWriter | _AsgiStream
+    if direct is not None:
+        direct.on_disconnect(client_left)
+        out = direct
+    else:
+        out = _AsgiStream(send)
+        watcher = asyncio.get_running_loop().create_task(watch_disconnect())
     try:
+        if direct is not None and direct.gone:
+            return  # it left while the upstream was being asked: nothing to send, nothing to read
         await out.start_stream(reply.status, headers, hold=reply.at_hand())
         ended = reply.ended
         async for chunk in reply.chunks:
@@ -202,7 +215,8 @@ async def _send_stream(
         pass  # the connection broke while writing: the client is gone
     finally:
         finished = True
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
         await reply.close()
 
 
