@@ -19,6 +19,13 @@ chunks), ``chunks`` / ``MOCK_CHUNKS`` (content chunks, default 10; also the comp
 Long streams (more than ``INLINE_CHUNKS`` chunks) are written in slices that respect the client's
 flow control, so the mock never buffers a whole 100k-chunk stream.
 
+Delays are measured from the request's arrival to within some 0.1 ms (:class:`Sleeper`), not with
+the event loop's timers: uvloop's (libuv's) have a resolution of one millisecond, so a 50 ms delay
+lasted 49.2 to 51.5 ms depending on when in the millisecond the request came, and the first chunks
+of streams whose requests came within the same millisecond left together, as a burst that the
+gateway under test then had to forward one after the other. Both inflated the time to first token
+added by anything between the client and the mock.
+
 Usage: ``python bench/mock_upstream.py --port 18000``
 """
 
@@ -27,10 +34,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import os
 import signal
 import socket
+import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -332,18 +343,18 @@ class MockProtocol(asyncio.Protocol):
             self.process()
 
     async def delayed(self, response: bytes, ms: float) -> None:
-        await asyncio.sleep(ms / 1000)
+        await sleep_ms(ms)
         if not self.closing:
             self.write(response)
         self.done()
 
     async def stream(self, events: StreamEvents, ttft_ms: float, chunk_ms: float) -> None:
         if ttft_ms:
-            await asyncio.sleep(ttft_ms / 1000)
+            await sleep_ms(ttft_ms)
         pending = [SSE_HEAD]
         for index, event in enumerate(events):
             if chunk_ms and index:
-                await asyncio.sleep(chunk_ms / 1000)
+                await sleep_ms(chunk_ms)
             if self.closing:
                 break
             pending.append(event)
@@ -375,6 +386,58 @@ def dechunk(buf: bytes, pos: int) -> tuple[bytes | None, int]:
             return None, 0
         parts.append(buf[pos : pos + size])
         pos += size + 2
+
+
+# ---------------------------------------------------------------- precise delays
+
+
+class Sleeper:
+    """``await sleeper.sleep(seconds)`` with sub-millisecond precision: a thread waits for the
+    earliest deadline (a timed lock wait: some 0.1 ms late at most on Linux) and wakes the sleeper
+    through the loop. The thread is idle, and holds no GIL, between deadlines."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._changed = threading.Condition()
+        threading.Thread(target=self._run, name="mock sleeper", daemon=True).start()
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = self._loop.create_future()
+        with self._changed:
+            heapq.heappush(self._due, (time.monotonic() + seconds, next(self._order), future))
+            self._changed.notify()
+        await future
+
+    def _run(self) -> None:
+        with self._changed:
+            while True:
+                if not self._due:
+                    self._changed.wait()
+                    continue
+                left = self._due[0][0] - time.monotonic()
+                if left > 0:
+                    self._changed.wait(left)
+                    continue
+                _, _, future = heapq.heappop(self._due)
+                self._loop.call_soon_threadsafe(_wake, future)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+_sleeper: Sleeper | None = None
+
+
+async def sleep_ms(ms: float) -> None:
+    """Sleep ``ms`` milliseconds, precisely (see :class:`Sleeper`)."""
+    global _sleeper
+    if _sleeper is None:
+        _sleeper = Sleeper(asyncio.get_running_loop())
+    await _sleeper.sleep(ms / 1000)
 
 
 # ---------------------------------------------------------------- server
