@@ -145,6 +145,17 @@ async def test_the_client_going_away_is_reported_once() -> None:
     assert writer.gone
 
 
+async def test_a_header_that_would_break_the_header_block_is_dropped() -> None:
+    ours, transport, _ = cycle()
+    writer = DirectWriter.of(ours.send)
+    assert writer is not None
+    bad = [(b"x-evil", b"a\r\nset-cookie: b=c"), (b"x-nul", b"a\0b"), (b"x-fine", b"ok")]
+    writer.whole(200, bad, b"{}")
+    head = transport.writes[0].split(b"\r\n\r\n")[0]
+    assert b"x-fine: ok" in head and b"x-evil" not in head and b"set-cookie" not in head
+    assert b"x-nul" not in head
+
+
 async def test_only_a_fresh_uvicorn_cycle_is_written_directly() -> None:
     async def other_server_send(message: object) -> None: ...
 

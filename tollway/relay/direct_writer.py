@@ -19,6 +19,7 @@ so an uvicorn release that changes the cycle fails the build rather than silentl
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ _CYCLE_FIELDS = ("transport", "flow", "keep_alive", "disconnected", "response_st
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _CLOSE = b"connection: close\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+_UNSAFE = re.compile(rb"[\r\n\0]")  # would split or end the header block: such a header is dropped
 
 
 class DirectWriter:
@@ -71,6 +73,8 @@ class DirectWriter:
         for name, value in cycle.default_headers:
             parts += (name, b": ", value, b"\r\n")
         for name, value in headers:
+            if _UNSAFE.search(name) or _UNSAFE.search(value):
+                continue
             parts += (name, b": ", value, b"\r\n")
         if not cycle.keep_alive:
             parts.append(_CLOSE)
