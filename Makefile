@@ -36,7 +36,7 @@ typecheck: $(VENV)/.installed-dev
 pytest: $(VENV)/.installed-dev
 	$(BIN)/pytest -ra $(PYTEST_ARGS)
 
-## bench: Tollway against a mock upstream (~2 min; needs wrk), then the log writer on SQLite and PostgreSQL
+## bench: Tollway against a mock upstream (~5 min; needs wrk), then the log writer on SQLite and PostgreSQL
 bench: $(VENV)/.installed-run services tools
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python bench/log_writer.py --db sqlite

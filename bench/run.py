@@ -390,6 +390,7 @@ class Plan:
     long_stall: float
     workers: int
     check_pairs: int
+    ttft_pairs: int = 1
 
 
 @dataclass
@@ -438,6 +439,8 @@ class Bench:
         """Direct, then Tollway; the check's point as several alternating pairs, merged, so that
         a burst of outside load hits both sides alike."""
         pairs = self.plan.check_pairs if (scenario, conc) == ("chat", CHECK_CONC) else 1
+        if scenario == "ttft":
+            pairs = self.plan.ttft_pairs
         runs: dict[str, list[dict[str, Any]]] = {"direct": [], "tollway": []}
         if scenario == "ttft" and self.floor is not None:
             runs["floor"] = []
@@ -783,6 +786,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--check-pairs", type=int, default=1, help="alternating direct/Tollway runs of the chat c=64 point"
     )
+    parser.add_argument(
+        "--ttft-pairs",
+        type=int,
+        default=3,
+        help="alternating direct/Tollway/floor runs of each ttft point (its percentiles: their median)",
+    )
     parser.add_argument("--json", type=Path, help="write the full report here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     args = parser.parse_args(argv)
@@ -790,6 +799,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.conc, args.stream_conc, args.ttft_conc = "1,64", "64", "16"
         args.duration = args.warmup = 1.0
         args.check_pairs = 3
+        args.ttft_pairs = 1
     return args
 
 
@@ -808,6 +818,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         long_chunks=args.long_chunks,
         long_stall=args.long_stall,
         check_pairs=args.check_pairs,
+        ttft_pairs=args.ttft_pairs,
         workers=args.workers,
     )
 
