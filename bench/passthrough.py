@@ -1,9 +1,10 @@
 """The stack's floor: a bare pass-through proxy on Tollway's own server and upstream client.
 
 Served exactly as ``tollway serve`` serves (``tollway.server``: uvicorn, httptools, uvloop, one
-SO_REUSEPORT socket per worker) and forwarding with Tollway's HTTP/1.1 client, but doing none of the
-gateway's work: no key, no routing, no reservation, no usage, no log. What the benchmark measures
-through it is what the stack itself adds, so that Tollway's figures can be read against it.
+SO_REUSEPORT socket per worker), forwarding with Tollway's HTTP/1.1 client and answering with its
+writer (``DirectWriter``: the headers with the first chunk when it is at hand), but doing none of
+the gateway's work: no key, no routing, no reservation, no usage, no log. What the benchmark
+measures through it is what the stack itself adds, so that Tollway's figures can be read against it.
 
 ``python bench/passthrough.py --port P --upstream http://127.0.0.1:M --workers N``; ``GET /health``
 answers 200, every other request is forwarded to the upstream with its path, and the answer is
@@ -23,6 +24,7 @@ if str(ROOT) not in sys.path:  # the workers import this module as bench.passthr
 
 from starlette.types import ASGIApp, Receive, Scope, Send  # noqa: E402
 
+from tollway.relay.direct_writer import DirectWriter  # noqa: E402
 from tollway.relay.http1 import Http1Client  # noqa: E402
 
 UPSTREAM_ENV = "PASSTHROUGH_UPSTREAM"
@@ -55,10 +57,13 @@ def create() -> ASGIApp:
         response = await client.request(scope["method"], upstream + scope["path"], headers, body or None)
         try:
             start = [(b"content-type", response.content_type.encode())]
-            await send({"type": "http.response.start", "status": response.status, "headers": start})
+            writer = DirectWriter.of(send)
+            if writer is None:
+                raise RuntimeError("the floor runs under tollway.server (uvicorn's httptools cycle)")
+            await writer.start_stream(response.status, start, hold=response.at_hand)
             async for chunk in response.iter_chunks():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+                await writer.chunk(chunk)
+            await writer.end_stream()
         finally:
             response.release()
 
