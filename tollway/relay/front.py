@@ -6,7 +6,7 @@ gateway's own work: each middleware wraps ``send`` in another coroutine, Starlet
 and response objects, and its streaming response starts a task group per stream. This handler does
 the same jobs once, inline, with identical behaviour: a request id (header, log context), the
 active-request count and metrics, the body limit (413 before the body is read whole), the options
-sync point, OpenAI-style errors, and for streams a watcher that notices a client going away, so
+sync point, OpenAI-style errors, and for streams the notice of a client going away, so
 the stream is cut and charged for what was delivered. Answers go out in as few writes as the
 upstream allows (:mod:`tollway.relay.direct_writer`): a whole answer with its headers, a stream's
 headers with a first chunk already at hand, its last bytes with the end of the response.
