@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 from typing import Any
 
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -154,6 +156,28 @@ async def test_a_header_that_would_break_the_header_block_is_dropped() -> None:
     head = transport.writes[0].split(b"\r\n\r\n")[0]
     assert b"x-fine: ok" in head and b"x-evil" not in head and b"set-cookie" not in head
     assert b"x-nul" not in head
+
+
+async def test_a_finished_stream_leaves_no_reference_cycle() -> None:
+    """Freed by reference counting alone: the garbage collector has nothing to do per stream."""
+    ours, _, _ = cycle()
+    writer = DirectWriter.of(ours.send)
+    assert writer is not None
+    calls: list[str] = []
+    writer.on_disconnect(lambda: calls.append("gone"))
+    await writer.start_stream(200, HEADERS, hold=True)
+    await writer.end_stream(b"data: [DONE]\n\n")
+    writer.detach()
+    ours.disconnected = True
+    ours.message_event.set()  # a late connection_lost: nobody is called any more
+    assert calls == []
+    gone = weakref.ref(ours)
+    gc.disable()
+    try:
+        del ours, writer
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 async def test_only_a_fresh_uvicorn_cycle_is_written_directly() -> None:

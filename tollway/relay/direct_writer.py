@@ -62,6 +62,14 @@ class DirectWriter:
         gone is not reported: see :attr:`gone`."""
         self._cycle.message_event = _DisconnectSignal(self._cycle, callback)
 
+    def detach(self) -> None:
+        """The answer is over, however it ended: forget the callback. The signal and the cycle
+        refer to each other, so without this every stream would leave a reference cycle (the
+        cycle, its task, their closures: some 16 objects) for the garbage collector."""
+        signal = self._cycle.message_event
+        if isinstance(signal, _DisconnectSignal):
+            signal.forget()
+
     @property
     def gone(self) -> bool:
         """The client went away (before the answer was complete)."""
@@ -142,11 +150,14 @@ class _DisconnectSignal(asyncio.Event):
 
     def __init__(self, cycle: Any, callback: Callable[[], None]) -> None:
         super().__init__()
-        self._cycle = cycle
+        self._cycle: Any = cycle
         self._callback: Callable[[], None] | None = callback
 
     def set(self) -> None:
         super().set()
-        if self._callback is not None and self._cycle.disconnected:
+        if self._callback is not None and self._cycle is not None and self._cycle.disconnected:
             callback, self._callback = self._callback, None
             callback()
+
+    def forget(self) -> None:
+        self._callback = self._cycle = None

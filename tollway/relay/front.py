@@ -217,6 +217,8 @@ async def _send_stream(
         finished = True
         if watcher is not None:
             watcher.cancel()
+        if direct is not None:
+            direct.detach()
         await reply.close()
 
 
