@@ -13,7 +13,7 @@ from tests.e2e.conftest import Live
 from tests.e2e.test_relay_basic import CHAT, balances
 from tests.fakes.upstream import FakeUpstream
 from tests.seed import create_channel, create_token, create_user
-from tollway.db.models.log import LOG_CONSUME, LOG_ERROR
+from tollway.db.models.log import LOG_CONSUME, LOG_ERROR, Log
 from tollway.relay import front
 
 pytestmark = pytest.mark.db
@@ -142,23 +142,28 @@ async def test_stream_failing_before_any_event_is_free(live: Live, upstream: Fak
     assert await balances(live, user_id, token_id) == before
 
 
+async def leave_early(live: Live, key: str) -> list[Log]:
+    """Stream with a client that gives up after 0.15 s; the logs once the request was settled
+    (and a while longer, so that a second row would show)."""
+    with pytest.raises(httpx.TimeoutException):
+        await live.client.post(
+            "/v1/chat/completions", json=STREAM, headers={"Authorization": f"Bearer {key}"}, timeout=0.15
+        )
+    for _ in range(60):
+        if await live.logs():
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    return await live.logs()
+
+
 async def test_client_leaving_before_the_first_byte_is_free_and_logged_once(
     live: Live, upstream: FakeUpstream
 ) -> None:
     user_id, token_id, key = await prepare(live, upstream)
     before = await balances(live, user_id, token_id)
     upstream.configure(ttft=0.4)
-    with pytest.raises(httpx.TimeoutException):
-        await live.client.post(
-            "/v1/chat/completions", json=STREAM, headers={"Authorization": f"Bearer {key}"}, timeout=0.15
-        )
-    for _ in range(60):
-        logs = await live.logs()
-        if logs:
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)
-    logs = await live.logs()
+    logs = await leave_early(live, key)
     assert len(logs) == 1
     assert logs[0].type in (LOG_ERROR, LOG_CONSUME)
     after = await balances(live, user_id, token_id)
@@ -173,17 +178,7 @@ async def test_a_client_gone_before_the_upstream_answered_is_not_charged(
     user_id, token_id, key = await prepare(live, upstream)
     before = await balances(live, user_id, token_id)
     upstream.configure(head_delay=0.4)
-    with pytest.raises(httpx.TimeoutException):
-        await live.client.post(
-            "/v1/chat/completions", json=STREAM, headers={"Authorization": f"Bearer {key}"}, timeout=0.15
-        )
-    for _ in range(60):
-        logs = await live.logs()
-        if logs:
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)
-    assert [log.type for log in await live.logs()] == [LOG_ERROR]
+    assert [log.type for log in await leave_early(live, key)] == [LOG_ERROR]
     assert await balances(live, user_id, token_id) == before
 
 

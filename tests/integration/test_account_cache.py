@@ -4,7 +4,7 @@ expired entry served while a single background load replaces it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,26 +12,21 @@ import pytest
 from sqlalchemy import event, update
 
 from tollway.db.engine import Database
-from tollway.db.migrate import migrate
 from tollway.db.models import Token, User
 from tollway.node_sync import NodeCounters
 from tollway.relay.accounts import AccountCache
-from tollway.settings import Settings
 
 pytestmark = pytest.mark.db
 KEY_HASH = "k" * 64
 
 
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database(settings)
-    await migrate(database)
-    async with database.session() as session, session.begin():
+@pytest.fixture(autouse=True)
+async def seeded(db: Database) -> None:
+    """alice and her token, in the migrated database of tests/integration/conftest.py."""
+    async with db.session() as session, session.begin():
         session.add(User(id=1, username="alice", password="x", quota=1000))
         await session.flush()
         session.add(Token(id=7, user_id=1, key_hash=KEY_HASH, name="first", remain_quota=300))
-    yield database
-    await database.dispose()
 
 
 @contextmanager

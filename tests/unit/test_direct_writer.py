@@ -59,6 +59,14 @@ def cycle(*, keep_alive: bool = True) -> tuple[RequestResponseCycle, Transport, 
     return made, transport, completed
 
 
+def direct(*, keep_alive: bool = True) -> tuple[RequestResponseCycle, DirectWriter, Transport, list[str]]:
+    """A fresh cycle and the writer for it."""
+    made, transport, completed = cycle(keep_alive=keep_alive)
+    writer = DirectWriter.of(made.send)
+    assert writer is not None
+    return made, writer, transport, completed
+
+
 async def test_a_whole_answer_is_one_write_of_what_uvicorn_would_send() -> None:
     body = b'{"id":"x","object":"chat.completion"}'
     theirs, their_transport, _ = cycle()
@@ -66,9 +74,7 @@ async def test_a_whole_answer_is_one_write_of_what_uvicorn_would_send() -> None:
     await theirs.send({"type": "http.response.start", "status": 200, "headers": [*HEADERS, length]})
     await theirs.send({"type": "http.response.body", "body": body})
 
-    ours, transport, completed = cycle()
-    writer = DirectWriter.of(ours.send)
-    assert writer is not None
+    ours, writer, transport, completed = direct()
     writer.whole(200, HEADERS, body)
     assert len(transport.writes) == 1
     assert _parsed(transport.writes[0]) == _parsed(b"".join(their_transport.writes))
@@ -84,9 +90,7 @@ async def test_a_stream_sends_its_headers_with_the_first_chunk_and_its_end_with_
         await theirs.send({"type": "http.response.body", "body": data, "more_body": True})
     await theirs.send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
-    ours, transport, completed = cycle()
-    writer = DirectWriter.of(ours.send)
-    assert writer is not None
+    ours, writer, transport, completed = direct()
     await writer.start_stream(200, HEADERS, hold=True)
     assert transport.writes == []  # the headers wait for the first chunk
     await writer.chunk(b"data: 1\n\n")
@@ -101,9 +105,7 @@ async def test_a_stream_sends_its_headers_with_the_first_chunk_and_its_end_with_
 
 
 async def test_headers_not_held_leave_at_once_and_an_empty_end_is_the_last_chunk_only() -> None:
-    ours, transport, _ = cycle()
-    writer = DirectWriter.of(ours.send)
-    assert writer is not None
+    _, writer, transport, _ = direct()
     await writer.start_stream(200, HEADERS, hold=False)
     assert len(transport.writes) == 1 and transport.writes[0].endswith(b"transfer-encoding: chunked\r\n\r\n")
     await writer.end_stream()
@@ -111,18 +113,14 @@ async def test_headers_not_held_leave_at_once_and_an_empty_end_is_the_last_chunk
 
 
 async def test_a_closing_connection_says_so_and_is_closed_after_the_answer() -> None:
-    ours, transport, completed = cycle(keep_alive=False)
-    writer = DirectWriter.of(ours.send)
-    assert writer is not None
+    _, writer, transport, completed = direct(keep_alive=False)
     writer.whole(200, HEADERS, b"{}")
     assert b"connection: close\r\n" in transport.writes[0]
     assert transport.closed and completed == ["done"]
 
 
 async def test_nothing_is_written_to_a_client_that_went_away() -> None:
-    ours, transport, completed = cycle()
-    writer = DirectWriter.of(ours.send)
-    assert writer is not None
+    ours, writer, transport, completed = direct()
     await writer.start_stream(200, HEADERS, hold=True)
     ours.disconnected = True
     await writer.chunk(b"data: 1\n\n")
@@ -131,9 +129,7 @@ async def test_nothing_is_written_to_a_client_that_went_away() -> None:
 
 
 async def test_the_client_going_away_is_reported_once() -> None:
-    ours, _, _ = cycle()
-    writer = DirectWriter.of(ours.send)
-    assert writer is not None
+    ours, writer, _, _ = direct()
     calls: list[str] = []
     assert not writer.gone
     writer.on_disconnect(lambda: calls.append("gone"))
@@ -148,9 +144,7 @@ async def test_the_client_going_away_is_reported_once() -> None:
 
 
 async def test_a_header_that_would_break_the_header_block_is_dropped() -> None:
-    ours, transport, _ = cycle()
-    writer = DirectWriter.of(ours.send)
-    assert writer is not None
+    _, writer, transport, _ = direct()
     bad = [(b"x-evil", b"a\r\nset-cookie: b=c"), (b"x-nul", b"a\0b"), (b"x-fine", b"ok")]
     writer.whole(200, bad, b"{}")
     head = transport.writes[0].split(b"\r\n\r\n")[0]
@@ -160,9 +154,7 @@ async def test_a_header_that_would_break_the_header_block_is_dropped() -> None:
 
 async def test_a_finished_stream_leaves_no_reference_cycle() -> None:
     """Freed by reference counting alone: the garbage collector has nothing to do per stream."""
-    ours, _, _ = cycle()
-    writer = DirectWriter.of(ours.send)
-    assert writer is not None
+    ours, writer, _, _ = direct()
     calls: list[str] = []
     writer.on_disconnect(lambda: calls.append("gone"))
     await writer.start_stream(200, HEADERS, hold=True)

@@ -145,33 +145,38 @@ class AccountCache:
         self._user_generation += 1
 
     async def token(self, key_hash: str) -> TokenRecord | None:
-        now = time.monotonic()
         record = self._tokens.get(key_hash)
-        if record is not None:
-            age = now - record.loaded_at
-            if age < self._ttl:
-                return record
-            if age < 2 * self._ttl:
-                self._refresh(("token", key_hash), lambda: self._reload_token(key_hash))
-                return record
+        if self._usable(record, ("token", key_hash), lambda: self._reload_token(key_hash)):
+            return record
         missed_at = self._unknown.get(key_hash)
-        if missed_at is not None and now - missed_at < _NEGATIVE_TTL:
+        if missed_at is not None and time.monotonic() - missed_at < _NEGATIVE_TTL:
             return None
         return await self._shared(("token", key_hash), lambda: self._reload_token(key_hash))
 
     async def user(self, user_id: int) -> UserRecord | None:
-        now = time.monotonic()
         record = self._users.get(user_id)
-        if record is not None:
-            age = now - record.loaded_at
-            if age < self._ttl:
-                return record
-            if age < 2 * self._ttl:
-                self._refresh(("user", user_id), lambda: self._reload_user(user_id))
-                return record
+        if self._usable(record, ("user", user_id), lambda: self._reload_user(user_id)):
+            return record
         return await self._shared(("user", user_id), lambda: self._reload_user(user_id))
 
     # ----- shared loads ----------------------------------------------------------------------
+
+    def _usable(
+        self,
+        record: TokenRecord | UserRecord | None,
+        key: tuple[str, object],
+        reload: Callable[[], Coroutine[Any, Any, Any]],
+    ) -> bool:
+        """A cached record can answer: fresh, or expired less than one ``ttl`` ago (a background
+        load then replaces it)."""
+        if record is None:
+            return False
+        age = time.monotonic() - record.loaded_at
+        if age >= self._ttl:
+            if age >= 2 * self._ttl:
+                return False
+            self._refresh(key, reload)
+        return True
 
     async def _shared(self, key: tuple[str, object], load: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """The result of the load in flight for ``key``, or of a new one. A caller that is
